@@ -1,0 +1,20 @@
+//! imagebuild: reproducible, bootable disk images from declarative profiles.
+//!
+//! Data flows one way: `profile` -> `base` (tar stream) -> `tree` -> `fs` + `disk` ->
+//! `output`. Every external command goes through `host`.
+
+pub mod base;
+pub mod build;
+pub mod cache;
+pub mod cli;
+pub mod disk;
+pub mod error;
+pub mod fs;
+pub mod host;
+pub mod ids;
+pub mod output;
+pub mod profile;
+pub mod progress;
+pub mod size;
+pub mod testing;
+pub mod tree;

@@ -1,0 +1,74 @@
+//! `extends` merging, on TOML values: the child's scalars win, tables merge key by key,
+//! lists append, and a list entry "-name" removes "name" from what was inherited.
+
+use toml::{Table, Value};
+
+/// Merges `child` into `acc` (which holds everything inherited so far).
+pub fn merge(acc: &mut Table, child: Table) {
+    for (key, value) in child {
+        match (acc.get_mut(&key), value) {
+            (Some(Value::Table(a)), Value::Table(c)) => merge(a, c),
+            (Some(Value::Array(a)), Value::Array(c)) => append(a, c),
+            (None, Value::Array(c)) => {
+                let mut a = Vec::new();
+                append(&mut a, c);
+                acc.insert(key, Value::Array(a));
+            }
+            (None, Value::Table(c)) => {
+                let mut a = Table::new();
+                merge(&mut a, c);
+                acc.insert(key, Value::Table(a));
+            }
+            (_, v) => {
+                acc.insert(key, v);
+            }
+        }
+    }
+}
+
+fn append(acc: &mut Vec<Value>, child: Vec<Value>) {
+    for v in child {
+        match v.as_str().and_then(|s| s.strip_prefix('-')) {
+            Some(name) => acc.retain(|x| x.as_str() != Some(name)),
+            None => acc.push(v),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Table {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn child_scalars_win_tables_merge_lists_append() {
+        let mut acc = t("a = 1\n[x]\nk = 'p'\nkeep = true\n[p]\nl = ['a', 'b']");
+        merge(&mut acc, t("a = 2\n[x]\nk = 'c'\n[p]\nl = ['c']"));
+        assert_eq!(acc, t("a = 2\n[x]\nk = 'c'\nkeep = true\n[p]\nl = ['a', 'b', 'c']"));
+    }
+
+    #[test]
+    fn dash_entry_removes_inherited_item() {
+        let mut acc = t("[p]\nl = ['vim', 'curl']");
+        merge(&mut acc, t("[p]\nl = ['-vim', 'jq']"));
+        assert_eq!(acc, t("[p]\nl = ['curl', 'jq']"));
+    }
+
+    #[test]
+    fn removal_in_a_root_profile_leaves_no_trace() {
+        let mut acc = Table::new();
+        merge(&mut acc, t("[p]\nl = ['-vim', 'jq']"));
+        assert_eq!(acc, t("[p]\nl = ['jq']"));
+    }
+
+    #[test]
+    fn arrays_of_tables_append() {
+        let mut acc = t("[[overlay]]\npath = 'a'");
+        merge(&mut acc, t("[[overlay]]\npath = 'b'"));
+        let paths: Vec<_> = acc["overlay"].as_array().unwrap().iter().map(|o| o["path"].as_str().unwrap()).collect();
+        assert_eq!(paths, ["a", "b"]);
+    }
+}

@@ -1,0 +1,399 @@
+//! Profiles: TOML files in `profiles/`, composed with `extends`, merged, validated and
+//! digested into a [`Recipe`], the one description of an image every later stage reads.
+
+mod merge;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use sha2::{Digest, Sha256};
+use toml::Table;
+
+use crate::error::UserError;
+use crate::size::{Bytes, MIB};
+pub use schema::{Arch, ProfileFile};
+
+/// Default Debian suite.
+pub const DEFAULT_SUITE: &str = "trixie";
+/// The clock used when a profile sets none: 2026-01-01T00:00:00Z. Never "now".
+pub const DEFAULT_EPOCH: i64 = 1_767_225_600;
+const DEFAULT_ESP_SIZE: u64 = 128 * MIB;
+
+/// A project directory: `profiles/`, `overlays/`, `qemu/` live under it.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub root: PathBuf,
+}
+
+/// One profile file as read, kept so errors can point into it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Path as shown to the user (relative to the project).
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl Source {
+    /// The 1-based line of the first occurrence of `needle`, if any.
+    pub fn line_of(&self, needle: &str) -> Option<usize> {
+        let at = self.text.find(needle)?;
+        Some(self.text[..at].matches('\n').count() + 1)
+    }
+
+    fn line_at(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+}
+
+/// The merged profile and where it came from.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    pub name: String,
+    pub table: Table,
+    /// Every file read, parents first.
+    pub sources: Vec<Source>,
+}
+
+impl Merged {
+    /// "profiles/x.toml:12" for the first file (child first) mentioning `needle`.
+    pub fn locate(&self, needle: &str) -> String {
+        self.sources
+            .iter()
+            .rev()
+            .find_map(|s| s.line_of(needle).map(|l| format!("{}:{l}", s.path.display())))
+            .unwrap_or_else(|| self.sources.last().map_or_else(String::new, |s| s.path.display().to_string()))
+    }
+}
+
+impl Project {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.root.join("profiles")
+    }
+
+    /// Names of the profiles in `profiles/`, sorted.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let dir = self.profiles_dir();
+        let rd = std::fs::read_dir(&dir).map_err(|e| {
+            UserError::invalid(format!("cannot read {}: {e}", dir.display()))
+                .hint("run imagebuild in a project directory, or pass -C DIR")
+        })?;
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let p = e.path();
+                (p.extension()? == "toml").then(|| p.file_stem()?.to_str().map(str::to_owned))?
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn profile_path(&self, name: &str) -> PathBuf {
+        self.profiles_dir().join(format!("{name}.toml"))
+    }
+
+    fn shown(&self, p: &Path) -> PathBuf {
+        p.strip_prefix(&self.root).map_or_else(|_| p.to_path_buf(), Path::to_path_buf)
+    }
+
+    /// Reads `name` and everything it extends, and merges them (parents first).
+    pub fn load(&self, name: &str) -> Result<Merged> {
+        let mut merged = Merged { name: name.to_string(), table: Table::new(), sources: Vec::new() };
+        let mut stack = Vec::new();
+        self.load_into(name, None, &mut stack, &mut merged)?;
+        merged.table.remove("extends");
+        Ok(merged)
+    }
+
+    fn load_into(
+        &self,
+        name: &str,
+        parent: Option<&Source>,
+        stack: &mut Vec<String>,
+        out: &mut Merged,
+    ) -> Result<()> {
+        if let Some(pos) = stack.iter().position(|n| n == name) {
+            let mut cycle = stack[pos..].to_vec();
+            cycle.push(name.to_string());
+            let at = parent.map(|p| format!("{}:{}: ", p.path.display(), p.line_of("extends").unwrap_or(1)));
+            return Err(UserError::invalid(format!(
+                "{}extends cycle: {}",
+                at.unwrap_or_default(),
+                cycle.join(" -> ")
+            ))
+            .hint("remove one of these `extends` entries")
+            .into());
+        }
+        let source = self.read_source(name, parent)?;
+        let file = parse_file(&source)?;
+        stack.push(name.to_string());
+        for parent_name in &file.extends {
+            self.load_into(parent_name, Some(&source), stack, out)?;
+        }
+        stack.pop();
+        // OK to unwrap: parse_file already parsed this text as a table.
+        let table: Table = source.text.parse().unwrap_or_default();
+        merge::merge(&mut out.table, table);
+        out.sources.push(source);
+        Ok(())
+    }
+
+    fn read_source(&self, name: &str, parent: Option<&Source>) -> Result<Source> {
+        let path = self.profile_path(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Source { path: self.shown(&path), text }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let known = self.list().unwrap_or_default().join(", ");
+                let msg = match parent {
+                    Some(p) => format!(
+                        "{}:{}: extends `{name}`, but {} does not exist",
+                        p.path.display(),
+                        p.line_of(&format!("\"{name}\"")).unwrap_or(1),
+                        self.shown(&path).display()
+                    ),
+                    None => format!("no profile `{name}`: {} does not exist", self.shown(&path).display()),
+                };
+                Err(UserError::invalid(msg).hint(format!("profiles here: {known}")).into())
+            }
+            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        }
+    }
+}
+
+/// Parses one file strictly (unknown keys and wrong types are errors with file:line).
+fn parse_file(source: &Source) -> Result<ProfileFile> {
+    toml::from_str::<ProfileFile>(&source.text).map_err(|e| {
+        let line = e.span().map_or(1, |s| source.line_at(s.start));
+        let msg = e.message().trim().to_string();
+        let hint = if msg.contains("unknown field") {
+            "check the key's spelling; README.md lists every profile key"
+        } else if msg.contains("unknown variant") {
+            "use one of the values listed"
+        } else {
+            "fix the TOML syntax at that line"
+        };
+        UserError::invalid(format!("{}:{line}: {msg}", source.path.display())).hint(hint).into()
+    })
+}
+
+/// What the base root filesystem is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseSpec {
+    Debian { suite: String, variant: String, components: Vec<String>, mirror: Option<String>, packages: Vec<String> },
+    Tarball { path: PathBuf, sha256: String },
+}
+
+/// How big the disk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskSize {
+    Auto,
+    Fixed(Bytes),
+}
+
+/// An overlay directory and the attributes given for its paths.
+#[derive(Debug, Clone)]
+pub struct OverlaySpec {
+    /// As written in the profile (relative to the project).
+    pub path: String,
+    pub dir: PathBuf,
+    pub modes: BTreeMap<String, u32>,
+    pub owners: BTreeMap<String, String>,
+}
+
+/// A merged, validated profile: everything a build needs to know.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// Profile name (`prod-arm64`).
+    pub profile: String,
+    /// Hex sha256 of the canonical merged profile.
+    pub id: String,
+    pub image_name: String,
+    pub version: String,
+    pub arch: Arch,
+    pub size: DiskSize,
+    pub esp_size: Bytes,
+    pub formats: Vec<String>,
+    pub hostname: String,
+    pub epoch: i64,
+    pub base: BaseSpec,
+    pub overlays: Vec<OverlaySpec>,
+    pub remove: Vec<String>,
+    pub cmdline: Vec<String>,
+    pub modules: Vec<String>,
+    pub checks: Vec<Table>,
+    pub merged: Merged,
+}
+
+impl Recipe {
+    /// Loads, merges and validates profile `name` of `project`.
+    pub fn load(project: &Project, name: &str) -> Result<Recipe> {
+        let merged = project.load(name)?;
+        Self::from_merged(project, merged)
+    }
+
+    fn from_merged(project: &Project, merged: Merged) -> Result<Recipe> {
+        let shown = merged.sources.last().map(|s| s.path.display().to_string()).unwrap_or_default();
+        // Each file was checked on its own; the merge of valid files is valid TOML for the schema.
+        let p: ProfileFile = merged.table.clone().try_into().map_err(|e: toml::de::Error| {
+            UserError::invalid(format!("{shown}: {}", e.message().trim()))
+        })?;
+        let need = |what: &str, key: &str| {
+            UserError::invalid(format!("{shown}: the merged profile has no `{key}`"))
+                .hint(format!("add `{key} = ...` under [{what}] in {shown} or a profile it extends"))
+        };
+        let arch = p.image.arch.ok_or_else(|| need("image", "arch"))?;
+        let version = p.image.version.clone().ok_or_else(|| need("image", "version"))?;
+        check_version(&merged, &version)?;
+        let image_name = p.image.name.clone().unwrap_or_else(|| merged.name.clone());
+        let size = match p.image.size.as_deref() {
+            None | Some("auto") => DiskSize::Auto,
+            Some(s) => DiskSize::Fixed(parse_size(&merged, s)?),
+        };
+        let esp_size = p.image.esp_size.as_deref().map_or(Ok(Bytes(DEFAULT_ESP_SIZE)), |s| parse_size(&merged, s))?;
+        let formats = check_formats(&merged, &p.image.formats)?;
+        let base = base_spec(project, &merged, &p)?;
+        let overlays = p.overlay.iter().map(|o| overlay_spec(project, &merged, o)).collect::<Result<_>>()?;
+        let id = digest(&merged.table);
+        Ok(Recipe {
+            profile: merged.name.clone(),
+            id,
+            hostname: p.image.hostname.clone().unwrap_or_else(|| image_name.clone()),
+            image_name,
+            version,
+            arch,
+            size,
+            esp_size,
+            formats,
+            epoch: p.image.source_date_epoch.unwrap_or(DEFAULT_EPOCH),
+            base,
+            overlays,
+            remove: p.files.remove.clone(),
+            cmdline: p.boot.cmdline.clone(),
+            modules: p.boot.modules.clone(),
+            checks: p.verify.check.clone(),
+            merged,
+        })
+    }
+
+    /// The merged profile as TOML (`imagebuild show`).
+    pub fn show(&self) -> String {
+        toml::to_string_pretty(&self.merged.table).unwrap_or_default()
+    }
+
+    /// `prod-arm64-2026.11.1`
+    pub fn artifact_stem(&self) -> String {
+        format!("{}-{}", self.profile, self.version)
+    }
+}
+
+/// The recipe id: sha256 over the canonical (sorted-key JSON) form of the merged profile.
+pub fn digest(table: &Table) -> String {
+    let canonical = serde_json::to_vec(table).unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(b"imagebuild-recipe-v1\0");
+    h.update(&canonical);
+    hex::encode(h.finalize())
+}
+
+fn check_version(m: &Merged, v: &str) -> Result<()> {
+    let ok = !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._+~".contains(c));
+    if ok {
+        return Ok(());
+    }
+    Err(UserError::invalid(format!("{}: version `{v}` cannot be part of a file name", m.locate("version")))
+        .hint("use letters, digits and . _ + ~ only, e.g. 2026.11.1")
+        .into())
+}
+
+fn parse_size(m: &Merged, s: &str) -> Result<Bytes> {
+    Bytes::parse(s).map_err(|e| {
+        UserError::invalid(format!("{}: {e}", m.locate(&format!("\"{s}\"")))).hint("sizes look like \"4G\", \"512M\" or \"auto\"").into()
+    })
+}
+
+const FORMATS: &[&str] = &["raw", "qcow2"];
+
+fn check_formats(m: &Merged, formats: &[String]) -> Result<Vec<String>> {
+    let mut out = vec!["raw".to_string()];
+    for f in formats {
+        if !FORMATS.contains(&f.as_str()) {
+            return Err(UserError::new(
+                crate::error::Kind::Unsupported,
+                format!("{}: unknown image format `{f}`", m.locate(&format!("\"{f}\""))),
+            )
+            .hint(format!("formats imagebuild writes: {}", FORMATS.join(", ")))
+            .into());
+        }
+        if !out.contains(f) {
+            out.push(f.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn base_spec(project: &Project, m: &Merged, p: &ProfileFile) -> Result<BaseSpec> {
+    let b = &p.base;
+    match (b.distro.as_deref(), b.tarball.as_deref()) {
+        (Some("debian"), None) => Ok(BaseSpec::Debian {
+            suite: b.suite.clone().unwrap_or_else(|| DEFAULT_SUITE.into()),
+            variant: b.variant.clone().unwrap_or_else(|| "minbase".into()),
+            components: if b.components.is_empty() { vec!["main".into()] } else { b.components.clone() },
+            mirror: b.mirror.clone(),
+            packages: p.packages.include.clone(),
+        }),
+        (Some(other), None) => Err(UserError::new(
+            crate::error::Kind::Unsupported,
+            format!("{}: unknown distro `{other}`", m.locate(&format!("\"{other}\""))),
+        )
+        .hint("set distro = \"debian\", or use tarball = \"FILE\" with sha256 = \"...\"")
+        .into()),
+        (None, Some(path)) => {
+            let sha = b.sha256.clone().ok_or_else(|| {
+                UserError::invalid(format!("{}: tarball base without sha256", m.locate("tarball")))
+                    .hint("add sha256 = \"...\" (the output of `sha256sum FILE`) under [base]")
+            })?;
+            Ok(BaseSpec::Tarball { path: project.root.join(path), sha256: sha.to_ascii_lowercase() })
+        }
+        (Some(_), Some(_)) => Err(UserError::invalid(format!("{}: [base] sets both distro and tarball", m.locate("tarball")))
+            .hint("keep one of them")
+            .into()),
+        (None, None) => Err(UserError::invalid(format!("{}: [base] has no distro or tarball", m.locate("[base]")))
+            .hint("add distro = \"debian\" under [base] (or extend profiles/base.toml)")
+            .into()),
+    }
+}
+
+fn overlay_spec(project: &Project, m: &Merged, o: &schema::OverlaySection) -> Result<OverlaySpec> {
+    let dir = project.root.join(&o.path);
+    if !dir.is_dir() {
+        return Err(UserError::invalid(format!(
+            "{}: overlay directory {} does not exist",
+            m.locate(&format!("\"{}\"", o.path)),
+            o.path
+        ))
+        .hint(format!("create {} or remove this [[overlay]]", o.path))
+        .into());
+    }
+    let mut modes = BTreeMap::new();
+    for (path, mode) in &o.mode {
+        let v = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|v| *v <= 0o7777)
+            .ok_or_else(|| {
+                UserError::invalid(format!("{}: mode `{mode}` of {path} is not an octal mode", m.locate(mode)))
+                    .hint("write modes as octal strings, e.g. \"0600\"")
+            })?;
+        modes.insert(path.trim_matches('/').to_string(), v);
+    }
+    let owners = o.owner.iter().map(|(k, v)| (k.trim_matches('/').to_string(), v.clone())).collect();
+    Ok(OverlaySpec { path: o.path.clone(), dir, modes, owners })
+}
+
+#[cfg(test)]
+mod tests;

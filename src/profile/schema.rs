@@ -1,0 +1,163 @@
+//! The profile file format: what each key means. Every table denies unknown keys, so a
+//! typo is an error with its file and line rather than a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One profile file, before or after `extends` merging. Every key is optional here;
+/// [`super::Recipe`] applies defaults and checks what is required.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ProfileFile {
+    /// Profiles merged before this one, by name (`profiles/NAME.toml`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extends: Vec<String>,
+    #[serde(default)]
+    pub image: ImageSection,
+    #[serde(default)]
+    pub base: BaseSection,
+    #[serde(default)]
+    pub packages: PackagesSection,
+    /// Directory trees copied over the root filesystem, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlay: Vec<OverlaySection>,
+    #[serde(default)]
+    pub files: FilesSection,
+    #[serde(default)]
+    pub boot: BootSection,
+    #[serde(default)]
+    pub verify: VerifySection,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ImageSection {
+    /// Image name (IMAGE_ID); defaults to the profile name.
+    pub name: Option<String>,
+    /// Image version (IMAGE_VERSION), part of every output file name.
+    pub version: Option<String>,
+    /// Target architecture.
+    pub arch: Option<Arch>,
+    /// Whole-disk size ("4G") or "auto" (content plus headroom).
+    pub size: Option<String>,
+    /// Size of the EFI system partition (default 128M).
+    pub esp_size: Option<String>,
+    /// Output formats besides the raw image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub formats: Vec<String>,
+    /// /etc/hostname; defaults to the image name.
+    pub hostname: Option<String>,
+    /// The one clock of the build (SOURCE_DATE_EPOCH), in seconds since 1970.
+    pub source_date_epoch: Option<i64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BaseSection {
+    /// "debian": bootstrap with mmdebstrap.
+    pub distro: Option<String>,
+    /// Debian suite (default trixie).
+    pub suite: Option<String>,
+    /// mmdebstrap variant (default minbase).
+    pub variant: Option<String>,
+    /// Archive components (default ["main"]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<String>,
+    /// Mirror URI; default: the mirror the host's apt is configured with.
+    pub mirror: Option<String>,
+    /// A local root filesystem tarball (.tar, .tar.gz, .tar.xz, .tar.zst) instead of a distro.
+    pub tarball: Option<String>,
+    /// The tarball's sha256; required with `tarball`.
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PackagesSection {
+    /// Packages installed on top of the variant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OverlaySection {
+    /// Directory, relative to the project, copied onto `/`.
+    pub path: String,
+    /// Modes of overlay paths ("etc/app/key.conf" = "0600"); default 0644 files, 0755 dirs
+    /// (executables keep 0755).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mode: BTreeMap<String, String>,
+    /// Owners of overlay paths ("srv/app" = "1000:1000" or "www-data:www-data"); default root:root.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub owner: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FilesSection {
+    /// Paths removed from the root filesystem (with everything below them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BootSection {
+    /// Kernel command line; imagebuild adds root=PARTUUID=... itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmdline: Vec<String>,
+    /// Extra kernel modules for the initramfs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VerifySection {
+    /// Health checks run inside the booted image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub check: Vec<toml::Table>,
+}
+
+/// A target architecture, named the Debian way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// ELF e_machine of the architecture's binaries.
+    pub fn elf_machine(self) -> u16 {
+        match self {
+            Arch::Amd64 => goblin::elf::header::EM_X86_64,
+            Arch::Arm64 => goblin::elf::header::EM_AARCH64,
+        }
+    }
+
+    /// The architecture of the machine imagebuild runs on, if it is one it builds for.
+    pub fn host() -> Option<Arch> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(Arch::Amd64),
+            "aarch64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.debian())
+    }
+}

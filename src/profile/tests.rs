@@ -1,0 +1,118 @@
+use super::*;
+
+fn project(files: &[(&str, &str)]) -> (tempfile::TempDir, Project) {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let project = Project::new(dir.path());
+    (dir, project)
+}
+
+fn err(project: &Project, name: &str) -> (String, Vec<String>) {
+    let e = Recipe::load(project, name).unwrap_err();
+    (format!("{e:#}"), crate::error::hints(&e))
+}
+
+const BASE: &str = "[image]\narch = \"amd64\"\nversion = \"1.0\"\n[base]\ndistro = \"debian\"\n[packages]\ninclude = [\"systemd\", \"vim\"]\n";
+
+#[test]
+fn extends_merges_with_removal_and_child_wins() {
+    let (_d, p) = project(&[
+        ("profiles/base.toml", BASE),
+        ("profiles/web.toml", "extends = [\"base\"]\n[image]\nversion = \"2.0\"\n[packages]\ninclude = [\"-vim\", \"nginx\"]\n"),
+    ]);
+    let r = Recipe::load(&p, "web").unwrap();
+    assert_eq!(r.version, "2.0");
+    assert_eq!(r.arch, Arch::Amd64);
+    let BaseSpec::Debian { packages, suite, .. } = &r.base else { panic!() };
+    assert_eq!(packages, &["systemd", "nginx"]);
+    assert_eq!(suite, "trixie");
+    assert_eq!(r.image_name, "web");
+    assert!(!r.show().contains("extends"));
+}
+
+#[test]
+fn malformed_toml_names_file_and_line() {
+    let (_d, p) = project(&[("profiles/bad.toml", "[image]\narch = \"amd64\"\nversion = 1.0.0\n")]);
+    let (msg, hints) = err(&p, "bad");
+    assert!(msg.starts_with("profiles/bad.toml:3:"), "{msg}");
+    assert!(hints[0].contains("syntax"));
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let (_d, p) = project(&[("profiles/x.toml", "[image]\narch = \"amd64\"\n\n[packages]\ninclud = [\"vim\"]\n")]);
+    let (msg, _) = err(&p, "x");
+    assert!(msg.starts_with("profiles/x.toml:5:"), "{msg}");
+    assert!(msg.contains("unknown field `includ`"), "{msg}");
+}
+
+#[test]
+fn unknown_architecture_is_an_error_with_line() {
+    let (_d, p) = project(&[("profiles/x.toml", "[image]\nversion = \"1\"\narch = \"riscv64\"\n")]);
+    let (msg, _) = err(&p, "x");
+    assert!(msg.starts_with("profiles/x.toml:3:"), "{msg}");
+    assert!(msg.contains("riscv64") && msg.contains("amd64"), "{msg}");
+}
+
+#[test]
+fn extends_cycle_is_reported_with_the_path() {
+    let (_d, p) = project(&[
+        ("profiles/a.toml", "extends = [\"b\"]\n"),
+        ("profiles/b.toml", "\nextends = [\"a\"]\n"),
+    ]);
+    let (msg, _) = err(&p, "a");
+    assert!(msg.contains("profiles/b.toml:2: extends cycle: a -> b -> a"), "{msg}");
+}
+
+#[test]
+fn missing_parent_names_the_file() {
+    let (_d, p) = project(&[("profiles/a.toml", "extends = [\"nope\"]\n")]);
+    let (msg, hints) = err(&p, "a");
+    assert!(msg.contains("profiles/a.toml:1: extends `nope`, but profiles/nope.toml does not exist"), "{msg}");
+    assert!(hints[0].contains("a"), "{hints:?}");
+}
+
+#[test]
+fn missing_overlay_directory_names_the_line() {
+    let text = format!("{BASE}\n[[overlay]]\npath = \"overlays/gone\"\n");
+    let (_d, p) = project(&[("profiles/x.toml", &text)]);
+    let (msg, hints) = err(&p, "x");
+    assert!(msg.contains("profiles/x.toml:10: overlay directory overlays/gone does not exist"), "{msg}");
+    assert!(hints[0].contains("create overlays/gone"));
+}
+
+#[test]
+fn tarball_base_needs_sha256() {
+    let (_d, p) = project(&[("profiles/x.toml", "[image]\narch = \"arm64\"\nversion = \"1\"\n[base]\ntarball = \"b.tar\"\n")]);
+    let (msg, _) = err(&p, "x");
+    assert!(msg.contains("tarball base without sha256"), "{msg}");
+}
+
+#[test]
+fn digest_is_stable_and_tracks_content() {
+    let (_d, p) = project(&[("profiles/a.toml", BASE), ("profiles/b.toml", BASE)]);
+    let a = Recipe::load(&p, "a").unwrap();
+    let b = Recipe::load(&p, "b").unwrap();
+    assert_eq!(a.id, b.id, "same content, same recipe id");
+    assert_eq!(a.id.len(), 64);
+    let (_d2, p2) = project(&[("profiles/a.toml", &BASE.replace("1.0", "1.1"))]);
+    assert_ne!(Recipe::load(&p2, "a").unwrap().id, a.id);
+}
+
+#[test]
+fn list_finds_profiles_sorted() {
+    let (_d, p) = project(&[("profiles/b.toml", ""), ("profiles/a.toml", ""), ("profiles/notes.txt", "")]);
+    assert_eq!(p.list().unwrap(), ["a", "b"]);
+}
+
+#[test]
+fn missing_required_key_says_where_to_add_it() {
+    let (_d, p) = project(&[("profiles/x.toml", "[image]\narch = \"amd64\"\n")]);
+    let (msg, hints) = err(&p, "x");
+    assert!(msg.contains("no `version`"), "{msg}");
+    assert!(hints[0].contains("under [image]"));
+}

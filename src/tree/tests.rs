@@ -1,0 +1,153 @@
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use super::*;
+use crate::profile::{Arch, OverlaySpec};
+use crate::testing::synthetic_base_tar;
+
+fn base_tree() -> (tempfile::TempDir, Tree) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("base.tar");
+    std::fs::write(&p, synthetic_base_tar(Arch::Amd64)).unwrap();
+    let t = Tree::from_tar(&p).unwrap();
+    (dir, t)
+}
+
+fn reread(t: &Tree) -> (tempfile::TempDir, Tree) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("out.tar");
+    t.write_tar(std::fs::File::create(&p).unwrap()).unwrap();
+    let t2 = Tree::from_tar(&p).unwrap();
+    (dir, t2)
+}
+
+#[test]
+fn tar_round_trip_keeps_modes_links_devices_and_xattrs() {
+    let (_d, t) = base_tree();
+    let (_d2, t2) = reread(&t);
+    assert_eq!(t2.get("usr/bin/passwd").unwrap().mode, 0o4755);
+    assert!(matches!(&t2.get("bin").unwrap().kind, Kind::Symlink(s) if s == "usr/bin"));
+    assert!(matches!(&t2.get("usr/bin/sh.hardlink").unwrap().kind, Kind::Hardlink(s) if s == "usr/bin/sh"));
+    assert!(matches!(t2.get("dev/null").unwrap().kind, Kind::Char { major: 1, minor: 3 }));
+    assert_eq!(t2.get("usr/bin/ping").unwrap().xattrs["security.capability"], [1, 0, 0, 2, 0, 32, 0, 0]);
+    assert_eq!(t2.read("etc/passwd").unwrap(), t.read("etc/passwd").unwrap());
+    assert_eq!(t2.len(), t.len());
+}
+
+#[test]
+fn written_tar_is_deterministic() {
+    let (_d, t) = base_tree();
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    t.write_tar(&mut a).unwrap();
+    t.write_tar(&mut b).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn resolve_follows_relative_and_absolute_symlinks() {
+    let (_d, mut t) = base_tree();
+    assert_eq!(t.resolve("etc/os-release").unwrap(), "usr/lib/os-release");
+    assert_eq!(t.resolve("bin/sh").unwrap(), "usr/bin/sh");
+    t.insert("etc/abs", Entry::symlink("/usr/lib/os-release", 0));
+    assert!(t.read("etc/abs").unwrap().unwrap().starts_with(b"PRETTY_NAME"));
+}
+
+#[test]
+fn insert_creates_parents_and_remove_takes_subtree() {
+    let mut t = Tree::new();
+    t.insert("a/b/c", Entry::file(b"x".to_vec(), 0o600, 5));
+    assert!(matches!(t.get("a/b").unwrap().kind, Kind::Dir));
+    t.insert("a-b", Entry::file(b"y".to_vec(), 0o644, 5));
+    assert_eq!(t.remove("a"), 3);
+    assert!(t.get("a-b").is_some(), "a sibling with a similar name survives");
+}
+
+#[test]
+fn replacing_a_hardlinked_file_keeps_the_link_content() {
+    let (_d, mut t) = base_tree();
+    let old = t.read("usr/bin/sh").unwrap().unwrap();
+    t.insert("usr/bin/sh", Entry::file(b"new".to_vec(), 0o755, 0));
+    assert_eq!(t.read("usr/bin/sh.hardlink").unwrap().unwrap(), old);
+}
+
+#[test]
+fn normalise_moves_link_content_to_the_first_path_and_clamps_mtime() {
+    let mut t = Tree::new();
+    t.insert("z", Entry::file(b"data".to_vec(), 0o644, 9_999_999_999));
+    t.insert("a", Entry { kind: Kind::Hardlink("z".into()), ..Entry::file(Vec::new(), 0o644, 1) });
+    t.normalise(1000);
+    assert!(matches!(t.get("a").unwrap().kind, Kind::File(_)));
+    assert!(matches!(&t.get("z").unwrap().kind, Kind::Hardlink(s) if s == "a"));
+    assert_eq!(t.get("a").unwrap().mtime, 1000);
+    assert_eq!(t.get("z").unwrap().mtime, 1000);
+}
+
+#[test]
+fn overlay_sets_default_and_given_attributes() {
+    let (_d, mut t) = base_tree();
+    let ov = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(ov.path().join("etc/app")).unwrap();
+    std::fs::write(ov.path().join("etc/app/secret.conf"), "k=v\n").unwrap();
+    std::fs::write(ov.path().join("etc/app/plain.conf"), "p\n").unwrap();
+    std::os::unix::fs::symlink("plain.conf", ov.path().join("etc/app/link")).unwrap();
+    let etc_mode = t.get("etc").unwrap().mode;
+    let spec = OverlaySpec {
+        path: "overlays/x".into(),
+        dir: ov.path().to_path_buf(),
+        modes: BTreeMap::from([("etc/app/secret.conf".into(), 0o640)]),
+        owners: BTreeMap::from([("etc/app/secret.conf".into(), "root:www-data".into())]),
+    };
+    assert_eq!(apply_overlay(&mut t, &spec, 42).unwrap(), 5);
+    let s = t.get("etc/app/secret.conf").unwrap();
+    assert_eq!((s.mode, s.uid, s.gid, s.mtime), (0o640, 0, 33, 42));
+    let p = t.get("etc/app/plain.conf").unwrap();
+    assert_eq!((p.mode, p.uid, p.gid), (0o644, 0, 0));
+    assert_eq!(t.get("etc/app").unwrap().mode, 0o755);
+    assert_eq!(t.get("etc").unwrap().mode, etc_mode);
+    assert!(matches!(&t.get("etc/app/link").unwrap().kind, Kind::Symlink(s) if s == "plain.conf"));
+    let mut buf = String::new();
+    let Kind::File(c) = &s.kind else { panic!() };
+    t.open(c).unwrap().read_to_string(&mut buf).unwrap();
+    assert_eq!(buf, "k=v\n");
+}
+
+#[test]
+fn overlay_owner_must_exist_in_the_image() {
+    let (_d, mut t) = base_tree();
+    let ov = tempfile::tempdir().unwrap();
+    std::fs::write(ov.path().join("f"), "x").unwrap();
+    let spec = OverlaySpec {
+        path: "overlays/x".into(),
+        dir: ov.path().to_path_buf(),
+        modes: BTreeMap::new(),
+        owners: BTreeMap::from([("f".into(), "nobody-here".into())]),
+    };
+    let msg = format!("{:#}", apply_overlay(&mut t, &spec, 0).unwrap_err());
+    assert!(msg.contains("no user `nobody-here`"), "{msg}");
+}
+
+#[test]
+fn generate_writes_identity_and_drops_host_and_secret_files() {
+    let (_d, mut t) = base_tree();
+    let g = Generated { image_id: "prod", version: "1.2", hostname: "web1", root_partuuid: "r-uuid", esp_partuuid: "e-uuid" };
+    generate(&mut t, &g, 7).unwrap();
+    assert_eq!(t.read("etc/hostname").unwrap().unwrap(), b"web1\n");
+    let osr = String::from_utf8(t.read("etc/os-release").unwrap().unwrap()).unwrap();
+    assert!(osr.contains("ID=debian\nIMAGE_ID=prod\nIMAGE_VERSION=1.2\n"), "{osr}");
+    assert!(matches!(t.get("etc/os-release").unwrap().kind, Kind::Symlink(_)), "symlink kept");
+    assert_eq!(t.read("etc/machine-id").unwrap().unwrap(), b"uninitialized\n");
+    assert!(t.get("etc/ssh/ssh_host_ed25519_key").is_none());
+    assert!(t.get("etc/systemd/system/ssh.service.wants/imagebuild-ssh-hostkeys.service").is_some());
+    let fstab = String::from_utf8(t.read("etc/fstab").unwrap().unwrap()).unwrap();
+    assert!(fstab.contains("PARTUUID=r-uuid / ext4"));
+}
+
+#[test]
+fn dpkg_status_lists_only_installed_packages() {
+    let (_d, t) = base_tree();
+    let p = generate::installed_packages(&t).unwrap();
+    assert_eq!(p.len(), 1);
+    assert_eq!((p[0].name.as_str(), p[0].version.as_str()), ("base-files", "13.8"));
+    assert_eq!(generate::kernel_versions(&t), ["6.12.0-test"]);
+}

@@ -1,1 +1,342 @@
-//! todo
+//! The build pipeline: profile -> base tar -> tree -> root tar -> ext4 + ESP -> GPT image
+//! -> checksums and manifest, published atomically.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::base::{self, BaseTar};
+use crate::cache::Cache;
+use crate::disk::{self, Layout, Region, Sizing};
+use crate::fs::{ext4, fat};
+use crate::host::Host;
+use crate::ids::ImageIds;
+use crate::output::{self, Staging};
+use crate::profile::{BaseSpec, DiskSize, Project, Recipe};
+use crate::progress::{Reporter, Timings};
+use crate::size::{Bytes, MIB};
+use crate::tree::{self, Package, Tree};
+
+/// Where a build reads and writes.
+pub struct BuildOptions {
+    pub out_root: PathBuf,
+    pub cache: Cache,
+}
+
+/// What a build produced.
+pub struct Built {
+    pub dir: PathBuf,
+    pub image: PathBuf,
+    pub sha256: String,
+    pub timings: Timings,
+    /// Bytes of file content in the root filesystem.
+    pub content_bytes: u64,
+    /// Bytes the raw image occupies on disk.
+    pub allocated: u64,
+    pub disk_size: u64,
+}
+
+/// Builds profile `name` of `project`.
+pub fn build(
+    host: &Host,
+    project: &Project,
+    name: &str,
+    opts: &BuildOptions,
+    rep: &dyn Reporter,
+) -> Result<Built> {
+    let recipe = Recipe::load(project, name)?;
+    let staging = Staging::begin(&opts.out_root, &recipe.profile, &recipe.version)?;
+    host.log_to(&staging.path("build.log"))?;
+    host.note(&format!(
+        "imagebuild {} building {} (recipe {})",
+        env!("CARGO_PKG_VERSION"),
+        recipe.profile,
+        recipe.id
+    ));
+    let result = run(host, &recipe, opts, &staging, rep);
+    host.close_log();
+    match result {
+        Ok(mut built) => {
+            built.dir = staging.publish()?;
+            built.image = built
+                .dir
+                .join(built.image.file_name().context("image has no name")?);
+            Ok(built)
+        }
+        Err(e) => {
+            let log = staging.keep_failed_log();
+            Err(match log {
+                Some(l) => e.context(format!(
+                    "building {} failed; log: {}",
+                    recipe.profile,
+                    l.display()
+                )),
+                None => e,
+            })
+        }
+    }
+}
+
+fn run(
+    host: &Host,
+    recipe: &Recipe,
+    opts: &BuildOptions,
+    staging: &Staging,
+    rep: &dyn Reporter,
+) -> Result<Built> {
+    let mut t = Timings::default();
+    let ids = ImageIds::derive(&recipe.id);
+    let base = t.stage(rep, "base", |s| {
+        let b = base::produce(host, &opts.cache, recipe, s)?;
+        let note = if b.cached { "cached" } else { "bootstrapped" };
+        let summary = format!("{note}, sha256 {}", &b.sha256[..12]);
+        Ok((b, summary))
+    })?;
+    let tree = t.stage(rep, "tree", |s| {
+        let tree = make_tree(recipe, &ids, &base, s)?;
+        let n = tree.len();
+        Ok((tree, format!("{n} entries")))
+    })?;
+    let packages = tree::installed_packages(&tree)?;
+    let kernel = tree::kernel_versions(&tree).pop();
+    let esp_files: Vec<fat::EspFile> = Vec::new();
+    let work = staging.work();
+    let rootfs = work.join("rootfs.tar");
+    t.stage(rep, "rootfs", |_| {
+        let f = File::create(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
+        tree.write_tar(BufWriter::with_capacity(1 << 20, f))?;
+        Ok(((), format!("{}", Bytes(std::fs::metadata(&rootfs)?.len()))))
+    })?;
+    let usage = tree.usage();
+    let image_name = format!("{}.raw", recipe.artifact_stem());
+    let image = staging.path(&image_name);
+    let layout = t.stage(rep, "disk", |_| {
+        let layout = plan(recipe, &ids, usage)?;
+        let f = File::options()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&image)?;
+        disk::write_partition_table(&f, &layout, ids.disk_guid)?;
+        let summary = format!(
+            "{} disk, root {}",
+            Bytes(layout.disk_size),
+            Bytes(layout.root.size)
+        );
+        Ok((layout, summary))
+    })?;
+    t.stage(rep, "ext4", |_| {
+        ext4::make(
+            host,
+            &ext4::Ext4 {
+                image: &image,
+                offset: layout.root.start,
+                size: layout.root.size,
+                rootfs_tar: &rootfs,
+                label: "root",
+                uuid: ids.root_fs_uuid,
+                hash_seed: ids.root_hash_seed,
+                epoch: recipe.epoch,
+                inodes: inode_count(layout.root.size, usage.inodes),
+                work: &work,
+            },
+        )?;
+        Ok(((), format!("{} of content", Bytes(usage.file_bytes))))
+    })?;
+    t.stage(rep, "esp", |_| {
+        let f = File::options().read(true).write(true).open(&image)?;
+        fat::write_esp(
+            &f,
+            layout.esp.start,
+            layout.esp.size,
+            ids.esp_volume_id,
+            "ESP",
+            recipe.epoch,
+            &esp_files,
+        )?;
+        Ok(((), format!("{} files", esp_files.len())))
+    })?;
+    let sealed = t.stage(rep, "seal", |_| {
+        let s = output::seal_image(&image)?;
+        let summary = format!(
+            "sha256 {}, {} allocated",
+            &s.sha256[..12],
+            Bytes(s.allocated)
+        );
+        Ok((s, summary))
+    })?;
+    let mut sums = vec![(image_name.clone(), sealed.sha256.clone())];
+    t.stage(rep, "formats", |_| {
+        for f in recipe.formats.iter().filter(|f| *f != "raw") {
+            sums.push(convert(host, &image, staging, recipe, f)?);
+        }
+        Ok(((), format!("{}", recipe.formats.join(", "))))
+    })?;
+    let manifest = Manifest::new(
+        recipe,
+        &ids,
+        &base,
+        &layout,
+        packages,
+        kernel,
+        &sealed.sha256,
+        &sums,
+    );
+    std::fs::write(
+        staging.path("manifest.json"),
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )?;
+    std::fs::write(staging.path("SHA256SUMS"), output::sha256sums(&sums))?;
+    for (name, secs) in &t.0 {
+        host.note(&format!("stage {name}: {secs:.2} s"));
+    }
+    Ok(Built {
+        dir: staging.dir.clone(),
+        image,
+        sha256: sealed.sha256,
+        timings: t,
+        content_bytes: usage.file_bytes,
+        allocated: sealed.allocated,
+        disk_size: layout.disk_size,
+    })
+}
+
+/// Base tar + removals + overlays + generated files, normalised and checked.
+fn make_tree(
+    recipe: &Recipe,
+    ids: &ImageIds,
+    base: &BaseTar,
+    s: &dyn crate::progress::Stage,
+) -> Result<Tree> {
+    s.message("reading base");
+    let mut tree = Tree::from_tar(&base.path)?;
+    for path in &recipe.remove {
+        tree.remove(path);
+    }
+    for o in &recipe.overlays {
+        s.message(&format!("overlay {}", o.path));
+        tree::apply_overlay(&mut tree, o, recipe.epoch)?;
+    }
+    let root = ids.root_partuuid.to_string();
+    let esp = ids.esp_partuuid.to_string();
+    let g = tree::Generated {
+        image_id: &recipe.image_name,
+        version: &recipe.version,
+        hostname: &recipe.hostname,
+        root_partuuid: &root,
+        esp_partuuid: &esp,
+    };
+    tree::generate(&mut tree, &g, recipe.epoch)?;
+    tree.normalise(recipe.epoch);
+    s.message("checking ELF architectures");
+    tree::check_architecture(&tree, recipe.arch)?;
+    Ok(tree)
+}
+
+/// Root filesystem size for the content: the ext4 minimum plus headroom (auto), or what
+/// a fixed disk size leaves.
+fn plan(recipe: &Recipe, ids: &ImageIds, usage: tree::Usage) -> Result<Layout> {
+    let min_root = ext4::minimum_size(usage.blocks_4k, usage.inodes + usage.inodes / 2);
+    let sizing = match recipe.size {
+        DiskSize::Auto => Sizing::Root(min_root + (min_root / 4).max(256 * MIB)),
+        DiskSize::Fixed(b) => Sizing::Disk {
+            size: b.0,
+            min_root,
+        },
+    };
+    disk::plan(recipe.arch, ids, recipe.esp_size.0, sizing)
+}
+
+/// Inodes for a root filesystem: the default ratio, or more if the content needs them.
+fn inode_count(root_size: u64, used: u64) -> u64 {
+    (root_size / 16384).max(used + used / 2 + 4096)
+}
+
+fn convert(
+    host: &Host,
+    raw: &Path,
+    staging: &Staging,
+    recipe: &Recipe,
+    format: &str,
+) -> Result<(String, String)> {
+    let name = format!("{}.{format}", recipe.artifact_stem());
+    let out = staging.path(&name);
+    host.run(
+        std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", format])
+            .arg(raw)
+            .arg(&out),
+    )?;
+    Ok((name, crate::cache::sha256_file(&out)?))
+}
+
+/// `manifest.json`: what the image is and what is in it. Deterministic.
+#[derive(Serialize)]
+pub struct Manifest {
+    pub profile: String,
+    pub image: String,
+    pub version: String,
+    pub arch: String,
+    pub recipe_id: String,
+    pub source_date_epoch: i64,
+    pub base: serde_json::Value,
+    pub kernel: Option<String>,
+    pub disk_guid: String,
+    pub partitions: Vec<Region>,
+    pub packages: Vec<Package>,
+    pub files: Vec<FileSum>,
+    pub image_sha256: String,
+}
+
+#[derive(Serialize)]
+pub struct FileSum {
+    pub name: String,
+    pub sha256: String,
+}
+
+impl Manifest {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        r: &Recipe,
+        ids: &ImageIds,
+        base: &BaseTar,
+        layout: &Layout,
+        packages: Vec<Package>,
+        kernel: Option<String>,
+        sha: &str,
+        sums: &[(String, String)],
+    ) -> Self {
+        let base_json = match &r.base {
+            BaseSpec::Debian { suite, variant, .. } => {
+                serde_json::json!({"kind": "debian", "suite": suite, "variant": variant, "sha256": base.sha256})
+            }
+            BaseSpec::Tarball { sha256, .. } => {
+                serde_json::json!({"kind": "tarball", "sha256": sha256})
+            }
+        };
+        Manifest {
+            profile: r.profile.clone(),
+            image: r.image_name.clone(),
+            version: r.version.clone(),
+            arch: r.arch.to_string(),
+            recipe_id: r.id.clone(),
+            source_date_epoch: r.epoch,
+            base: base_json,
+            kernel,
+            disk_guid: ids.disk_guid.to_string(),
+            partitions: vec![layout.esp.clone(), layout.root.clone()],
+            packages,
+            files: sums
+                .iter()
+                .map(|(n, s)| FileSum {
+                    name: n.clone(),
+                    sha256: s.clone(),
+                })
+                .collect(),
+            image_sha256: sha.to_string(),
+        }
+    }
+}

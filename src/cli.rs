@@ -1,1 +1,214 @@
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! Command line: clap definitions, progress display and exit codes. No build logic.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::build::{self, BuildOptions};
+use crate::cache::Cache;
+use crate::host::Host;
+use crate::profile::{Project, Recipe};
+use crate::progress::{Reporter, Silent, Stage};
+use crate::size::Bytes;
+
+/// Build reproducible, bootable disk images from profiles.
+#[derive(Parser, Debug)]
+#[command(name = "imagebuild", version, max_term_width = 80)]
+pub struct Cli {
+    /// Project directory (holds profiles/, overlays/, qemu/).
+    #[arg(short = 'C', long = "directory", global = true, default_value = ".")]
+    pub directory: PathBuf,
+    /// Where images are written (default: out/ in the project).
+    #[arg(long, global = true)]
+    pub out: Option<PathBuf>,
+    /// Cache directory (default: $IMAGEBUILD_CACHE or ~/.cache/imagebuild).
+    #[arg(long, global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print every command run and its output.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the profiles in profiles/.
+    List,
+    /// Print a profile fully merged (extends applied), as TOML.
+    Show {
+        /// Profile name (profiles/NAME.toml).
+        profile: String,
+    },
+    /// Build a profile into out/PROFILE/VERSION/.
+    Build {
+        /// Profile name (profiles/NAME.toml).
+        profile: String,
+    },
+    /// Check that this host has what imagebuild needs, and say how to fix what is missing.
+    Doctor,
+}
+
+/// Runs the command line; prints the error once.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            print_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_error(e: &anyhow::Error) {
+    let mut chain = e.chain();
+    if let Some(top) = chain.next() {
+        eprintln!("error: {top}");
+    }
+    for cause in chain {
+        eprintln!("caused by: {cause}");
+    }
+    for h in crate::error::hints(e) {
+        eprintln!("hint: {h}");
+    }
+}
+
+fn run(cli: &Cli) -> Result<ExitCode> {
+    let project = Project::new(&cli.directory);
+    match &cli.command {
+        Command::List => {
+            let mut out = String::new();
+            for name in project.list()? {
+                out.push_str(&name);
+                out.push('\n');
+            }
+            print_stdout(&out)
+        }
+        Command::Show { profile } => print_stdout(&Recipe::load(&project, profile)?.show()),
+        Command::Build { profile } => cmd_build(cli, &project, profile),
+        Command::Doctor => Ok(crate::doctor::run()),
+    }
+}
+
+/// Writes data to stdout; a closed pipe is not an error.
+fn print_stdout(s: &str) -> Result<ExitCode> {
+    match std::io::stdout().lock().write_all(s.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        r => r.map(|()| ExitCode::SUCCESS).map_err(Into::into),
+    }
+}
+
+fn cmd_build(cli: &Cli, project: &Project, profile: &str) -> Result<ExitCode> {
+    let host = Host::new(cli.verbose);
+    let opts = BuildOptions {
+        out_root: cli.out.clone().unwrap_or_else(|| project.root.join("out")),
+        cache: Cache::new(cli.cache_dir.clone().unwrap_or_else(Cache::default_root)),
+    };
+    let reporter = reporter(cli);
+    let built = build::build(&host, project, profile, &opts, reporter.as_ref())?;
+    if !cli.quiet {
+        eprintln!(
+            "built {} ({} disk, {} allocated, {} of files)",
+            built.image.display(),
+            Bytes(built.disk_size),
+            Bytes(built.allocated),
+            Bytes(built.content_bytes)
+        );
+    }
+    print_stdout(&format!("{}  {}\n", built.sha256, built.image.display()))
+}
+
+fn reporter(cli: &Cli) -> Box<dyn Reporter> {
+    if cli.quiet {
+        Box::new(Silent)
+    } else if std::io::stderr().is_terminal() && !cli.verbose {
+        Box::new(Bars)
+    } else {
+        Box::new(Lines)
+    }
+}
+
+/// A spinner per stage, on a terminal.
+struct Bars;
+
+struct BarStage(ProgressBar);
+
+impl Stage for BarStage {
+    fn message(&self, msg: &str) {
+        self.0.set_message(msg.to_string());
+    }
+}
+
+impl Drop for BarStage {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl Reporter for Bars {
+    fn start(&self, name: &str) -> Box<dyn Stage + '_> {
+        let pb = ProgressBar::new_spinner();
+        let style = ProgressStyle::with_template("{spinner} {prefix:>8} [{elapsed}] {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        pb.set_style(style);
+        pb.set_prefix(name.to_string());
+        pb.enable_steady_tick(Duration::from_millis(120));
+        Box::new(BarStage(pb))
+    }
+
+    fn finish(&self, name: &str, took: Duration, summary: &str) {
+        eprintln!("  {name:>8} {:>6.1}s  {summary}", took.as_secs_f64());
+    }
+}
+
+/// Plain lines, when stderr is not a terminal.
+struct Lines;
+
+struct NoteStage;
+
+impl Stage for NoteStage {
+    fn message(&self, _: &str) {}
+}
+
+impl Reporter for Lines {
+    fn start(&self, name: &str) -> Box<dyn Stage + '_> {
+        eprintln!("==> {name}");
+        Box::new(NoteStage)
+    }
+
+    fn finish(&self, name: &str, took: Duration, summary: &str) {
+        eprintln!("  {name:>8} {:>6.1}s  {summary}", took.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_help_fits_80_columns() {
+        super::Cli::command().debug_assert();
+        let mut cmd = super::Cli::command();
+        let mut helps = vec![cmd.render_long_help().to_string()];
+        for sub in cmd.get_subcommands_mut() {
+            helps.push(sub.render_long_help().to_string());
+        }
+        for h in helps {
+            for line in h.lines() {
+                assert!(
+                    line.chars().count() <= 80,
+                    "help line over 80 columns: {line}"
+                );
+            }
+        }
+    }
+}

@@ -88,9 +88,22 @@ pub fn plan(arch: Arch, ids: &ImageIds, esp_size: u64, sizing: Sizing) -> Result
     };
     Ok(Layout {
         disk_size,
-        esp: Region { name: "esp".into(), type_guid: ESP_TYPE, uuid: ids.esp_partuuid, start: esp_start, size: esp_size },
+        esp: Region {
+            name: "esp".into(),
+            type_guid: ESP_TYPE,
+            uuid: ids.esp_partuuid,
+            start: esp_start,
+            size: esp_size,
+        },
         root: Region {
-            name: format!("root-{}", if arch == Arch::Amd64 { "x86-64" } else { "arm64" }),
+            name: format!(
+                "root-{}",
+                if arch == Arch::Amd64 {
+                    "x86-64"
+                } else {
+                    "arm64"
+                }
+            ),
             type_guid: root_type(arch),
             uuid: ids.root_partuuid,
             start: root_start,
@@ -101,25 +114,34 @@ pub fn plan(arch: Arch, ids: &ImageIds, esp_size: u64, sizing: Sizing) -> Result
 
 /// Sizes `file` to the disk and writes the protective MBR and both GPT headers.
 pub fn write_partition_table(file: &File, layout: &Layout, disk_guid: Uuid) -> Result<()> {
-    file.set_len(layout.disk_size).context("sizing the image file")?;
+    file.set_len(layout.disk_size)
+        .context("sizing the image file")?;
     let mut disk = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(LogicalBlockSize::Lb512)
         .change_partition_count(true)
         .create_from_device(file, Some(disk_guid))
         .context("creating the GPT")?;
-    let parts: BTreeMap<u32, Partition> =
-        [(1, &layout.esp), (2, &layout.root)].into_iter().map(|(i, r)| (i, partition(r))).collect();
-    disk.update_partitions(parts).context("adding partitions to the GPT")?;
+    let parts: BTreeMap<u32, Partition> = [(1, &layout.esp), (2, &layout.root)]
+        .into_iter()
+        .map(|(i, r)| (i, partition(r)))
+        .collect();
+    disk.update_partitions(parts)
+        .context("adding partitions to the GPT")?;
     let mut file = disk.write().context("writing the GPT")?;
     let sectors = u32::try_from(layout.disk_size / SECTOR - 1).unwrap_or(u32::MAX);
-    gpt::mbr::ProtectiveMBR::with_lb_size(sectors).overwrite_lba0(&mut file).context("writing the protective MBR")?;
+    gpt::mbr::ProtectiveMBR::with_lb_size(sectors)
+        .overwrite_lba0(&mut file)
+        .context("writing the protective MBR")?;
     Ok(())
 }
 
 fn partition(r: &Region) -> Partition {
     Partition {
-        part_type_guid: Type { guid: r.type_guid, os: OperatingSystem::None },
+        part_type_guid: Type {
+            guid: r.type_guid,
+            os: OperatingSystem::None,
+        },
         part_guid: r.uuid,
         first_lba: r.start / SECTOR,
         last_lba: (r.start + r.size) / SECTOR - 1,
@@ -163,7 +185,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str| {
             let p = dir.path().join(name);
-            let f = File::options().create(true).truncate(true).read(true).write(true).open(&p).unwrap();
+            let f = File::options()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&p)
+                .unwrap();
             write_partition_table(&f, &layout, ids.disk_guid).unwrap();
             std::fs::read(p).unwrap()
         };
@@ -181,8 +209,20 @@ mod tests {
     #[test]
     fn fixed_size_too_small_gives_both_numbers() {
         let ids = ImageIds::derive("r");
-        let err = plan(Arch::Amd64, &ids, 128 * MIB, Sizing::Disk { size: GIB, min_root: GIB }).unwrap_err();
+        let err = plan(
+            Arch::Amd64,
+            &ids,
+            128 * MIB,
+            Sizing::Disk {
+                size: GIB,
+                min_root: GIB,
+            },
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("image size 1.00 GiB is too small: the content needs 1.13 GiB"), "{msg}");
+        assert!(
+            msg.contains("image size 1.00 GiB is too small: the content needs 1.13 GiB"),
+            "{msg}"
+        );
     }
 }

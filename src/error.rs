@@ -27,11 +27,19 @@ pub struct UserError {
 
 impl UserError {
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self { kind: Kind::Invalid, message: message.into(), hint: None }
+        Self {
+            kind: Kind::Invalid,
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn new(kind: Kind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), hint: None }
+        Self {
+            kind,
+            message: message.into(),
+            hint: None,
+        }
     }
 
     #[must_use]

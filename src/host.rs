@@ -26,7 +26,10 @@ pub struct Host {
 
 impl Host {
     pub fn new(verbose: bool) -> Self {
-        Self { log: Arc::default(), verbose }
+        Self {
+            log: Arc::default(),
+            verbose,
+        }
     }
 
     /// Sends the log to `path` from now on (the build's `build.log`).
@@ -101,7 +104,9 @@ impl Host {
             tail.push_back(l);
         }
         let _ = out_thread.join();
-        let status = child.wait().with_context(|| format!("waiting for {}", program(cmd)))?;
+        let status = child
+            .wait()
+            .with_context(|| format!("waiting for {}", program(cmd)))?;
         if !status.success() {
             let tail: Vec<String> = tail.into();
             return Err(tool_failed(cmd, &status.to_string(), &tail.join("\n")));
@@ -118,8 +123,9 @@ fn spawn_error(cmd: &Command, e: &std::io::Error) -> anyhow::Error {
     let prog = program(cmd);
     if e.kind() == std::io::ErrorKind::NotFound {
         anyhow::Error::new(
-            UserError::new(Kind::Tool, format!("`{prog}` is not installed"))
-                .hint("run `scripts/host-setup.sh` (or `imagebuild doctor` to see what is missing)"),
+            UserError::new(Kind::Tool, format!("`{prog}` is not installed")).hint(
+                "run `scripts/host-setup.sh` (or `imagebuild doctor` to see what is missing)",
+            ),
         )
     } else {
         anyhow::anyhow!("starting `{prog}`: {e}")
@@ -176,7 +182,10 @@ mod tests {
     fn command_line_is_shell_quoted_with_env() {
         let mut c = Command::new("mke2fs");
         c.arg("-L").arg("my root").env("E2FSPROGS_FAKE_TIME", "1");
-        assert_eq!(command_line(&c), "E2FSPROGS_FAKE_TIME=1 mke2fs -L 'my root'");
+        assert_eq!(
+            command_line(&c),
+            "E2FSPROGS_FAKE_TIME=1 mke2fs -L 'my root'"
+        );
     }
 
     #[test]
@@ -193,7 +202,9 @@ mod tests {
 
     #[test]
     fn missing_tool_names_the_fix() {
-        let err = Host::new(false).run(&mut Command::new("imagebuild-no-such-tool")).unwrap_err();
+        let err = Host::new(false)
+            .run(&mut Command::new("imagebuild-no-such-tool"))
+            .unwrap_err();
         assert!(crate::error::hints(&err)[0].contains("host-setup.sh"));
     }
 
@@ -203,9 +214,10 @@ mod tests {
         let host = Host::new(false);
         host.log_to(&dir.path().join("log")).unwrap();
         let mut seen = Vec::new();
-        host.stream(Command::new("sh").args(["-c", "echo a >&2; echo out; echo b >&2"]), &mut |l| {
-            seen.push(l.to_string())
-        })
+        host.stream(
+            Command::new("sh").args(["-c", "echo a >&2; echo out; echo b >&2"]),
+            &mut |l| seen.push(l.to_string()),
+        )
         .unwrap();
         host.close_log();
         assert_eq!(seen, ["a", "b"]);

@@ -8,6 +8,7 @@ pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod disk;
+pub mod doctor;
 pub mod error;
 pub mod fs;
 pub mod host;

@@ -1,1 +1,212 @@
-//! todo
+//! Publishing: a build writes into a hidden staging directory next to its destination and
+//! renames it into place only when everything is written and synced, so a crash or an
+//! error never leaves a half image under `out/` that looks finished.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+/// A build's output directory while it is being written.
+pub struct Staging {
+    pub dir: PathBuf,
+    dest: PathBuf,
+    published: bool,
+}
+
+impl Staging {
+    /// `out/<profile>/.staging-<version>-<pid>/`, to become `out/<profile>/<version>/`.
+    pub fn begin(out_root: &Path, profile: &str, version: &str) -> Result<Staging> {
+        let parent = out_root.join(profile);
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let dir = parent.join(format!(".staging-{version}-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(dir.join(".work"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Staging {
+            dir,
+            dest: parent.join(version),
+            published: false,
+        })
+    }
+
+    /// Scratch space that is not published.
+    pub fn work(&self) -> PathBuf {
+        self.dir.join(".work")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Syncs every file, then renames the directory into place (replacing an older build
+    /// of the same version). Returns the published directory.
+    pub fn publish(mut self) -> Result<PathBuf> {
+        std::fs::remove_dir_all(self.work()).context("removing the work directory")?;
+        for e in std::fs::read_dir(&self.dir)? {
+            File::open(e?.path())?.sync_all()?;
+        }
+        File::open(&self.dir)?.sync_all()?;
+        let parent = self.dest.parent().context("destination has no parent")?;
+        let old = parent.join(format!(".old-{}", std::process::id()));
+        if self.dest.exists() {
+            std::fs::rename(&self.dest, &old)
+                .with_context(|| format!("moving {} aside", self.dest.display()))?;
+        }
+        std::fs::rename(&self.dir, &self.dest).with_context(|| {
+            format!("renaming {} to {}", self.dir.display(), self.dest.display())
+        })?;
+        File::open(parent)?.sync_all()?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        self.published = true;
+        Ok(self.dest.clone())
+    }
+
+    /// On failure: keeps the log as `out/<profile>/<version>.failed.log` and removes the rest.
+    pub fn keep_failed_log(&self) -> Option<PathBuf> {
+        let log = self.path("build.log");
+        let name = format!("{}.failed.log", self.dest.file_name()?.to_string_lossy());
+        let dest = self.dest.parent()?.join(name);
+        std::fs::rename(log, &dest).ok().map(|()| dest)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The sealed image: its sha256 and the bytes it occupies on disk.
+pub struct Sealed {
+    pub sha256: String,
+    pub allocated: u64,
+}
+
+/// Hashes the image and punches holes where it holds only zeros, so what is stored is
+/// what was written (mke2fs writes zeroed inode tables and journal).
+pub fn seal_image(path: &Path) -> Result<Sealed> {
+    const BLOCK: usize = 4096;
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut pos: u64 = 0;
+    let mut run: Option<(u64, u64)> = None;
+    loop {
+        let n = read_full(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        for (i, block) in buf[..n].chunks(BLOCK).enumerate() {
+            let at = pos + (i * BLOCK) as u64;
+            let zero = block.len() == BLOCK && block.iter().all(|b| *b == 0);
+            run = match (run, zero) {
+                (Some((s, l)), true) => Some((s, l + BLOCK as u64)),
+                (None, true) => Some((at, BLOCK as u64)),
+                (Some((s, l)), false) => {
+                    punch(&f, s, l)?;
+                    None
+                }
+                (None, false) => None,
+            };
+        }
+        pos += n as u64;
+    }
+    if let Some((s, l)) = run {
+        punch(&f, s, l)?;
+    }
+    f.sync_all()?;
+    let allocated = f.metadata()?.blocks() * 512;
+    Ok(Sealed {
+        sha256: hex::encode(h.finalize()),
+        allocated,
+    })
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = f.read(&mut buf[n..])?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
+
+fn punch(f: &File, start: u64, len: u64) -> Result<()> {
+    use rustix::fs::{FallocateFlags, fallocate};
+    fallocate(
+        f,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        start,
+        len,
+    )
+    .context("punching a hole in the image")?;
+    Ok(())
+}
+
+/// `SHA256SUMS` in the format `sha256sum -c` reads.
+pub fn sha256sums(files: &[(String, String)]) -> String {
+    files
+        .iter()
+        .map(|(name, sum)| format!("{sum}  {name}\n"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_is_invisible_until_published_and_removed_on_drop() {
+        let out = tempfile::tempdir().unwrap();
+        let s = Staging::begin(out.path(), "p", "1").unwrap();
+        std::fs::write(s.path("x.raw"), b"img").unwrap();
+        assert!(!out.path().join("p/1").exists());
+        drop(s);
+        assert_eq!(
+            std::fs::read_dir(out.path().join("p")).unwrap().count(),
+            0,
+            "nothing left behind"
+        );
+        let s = Staging::begin(out.path(), "p", "1").unwrap();
+        std::fs::write(s.path("x.raw"), b"img").unwrap();
+        let dir = s.publish().unwrap();
+        assert_eq!(std::fs::read(dir.join("x.raw")).unwrap(), b"img");
+        assert!(!dir.join(".work").exists());
+    }
+
+    #[test]
+    fn seal_hashes_and_sparsifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let mut data = vec![0u8; 8 << 20];
+        data[5000] = 1;
+        std::fs::write(&p, &data).unwrap();
+        let s = seal_image(&p).unwrap();
+        assert_eq!(s.sha256, crate::cache::sha256(&data));
+        assert_eq!(std::fs::read(&p).unwrap(), data, "content unchanged");
+        assert!(
+            s.allocated <= 8192,
+            "only the non-zero block stays allocated: {}",
+            s.allocated
+        );
+    }
+}

@@ -16,7 +16,9 @@ impl Bytes {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size like 4G or 512M"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size like 4G or 512M"))?;
         let mult = match unit.trim().to_ascii_uppercase().as_str() {
             "" | "B" => 1,
             "K" | "KB" | "KIB" => KIB,
@@ -25,7 +27,9 @@ impl Bytes {
             "T" | "TB" | "TIB" => 1024 * GIB,
             _ => return Err(format!("`{s}` has an unknown unit; use K, M, G or T")),
         };
-        n.checked_mul(mult).map(Bytes).ok_or_else(|| format!("`{s}` is too large"))
+        n.checked_mul(mult)
+            .map(Bytes)
+            .ok_or_else(|| format!("`{s}` is too large"))
     }
 
     pub fn align_up(self, to: u64) -> Self {

@@ -8,32 +8,137 @@ use crate::profile::Arch;
 pub fn synthetic_base_tar(arch: Arch) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let dirs = [
-        "boot", "dev", "etc", "etc/ssh", "usr", "usr/bin", "usr/lib", "usr/sbin", "var", "var/lib", "var/lib/dpkg",
+        "boot",
+        "dev",
+        "etc",
+        "etc/ssh",
+        "usr",
+        "usr/bin",
+        "usr/lib",
+        "usr/sbin",
+        "var",
+        "var/lib",
+        "var/lib/dpkg",
     ];
     for d in dirs {
         add(&mut b, d, tar::EntryType::Directory, 0o755, b"", None);
     }
-    add(&mut b, "bin", tar::EntryType::Symlink, 0o777, b"", Some("usr/bin"));
-    add(&mut b, "etc/passwd", tar::EntryType::Regular, 0o644, b"root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www:/var/www:/usr/sbin/nologin\n", None);
-    add(&mut b, "etc/group", tar::EntryType::Regular, 0o644, b"root:x:0:\nwww-data:x:33:\nshadow:x:42:\n", None);
-    add(&mut b, "etc/hostname", tar::EntryType::Regular, 0o644, b"build-host\n", None);
-    add(&mut b, "etc/os-release", tar::EntryType::Symlink, 0o777, b"", Some("../usr/lib/os-release"));
-    add(&mut b, "usr/lib/os-release", tar::EntryType::Regular, 0o644, b"PRETTY_NAME=\"Synthetic\"\nID=debian\n", None);
-    add(&mut b, "etc/ssh/ssh_host_ed25519_key", tar::EntryType::Regular, 0o600, b"secret", None);
+    add(
+        &mut b,
+        "bin",
+        tar::EntryType::Symlink,
+        0o777,
+        b"",
+        Some("usr/bin"),
+    );
+    add(
+        &mut b,
+        "etc/passwd",
+        tar::EntryType::Regular,
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www:/var/www:/usr/sbin/nologin\n",
+        None,
+    );
+    add(
+        &mut b,
+        "etc/group",
+        tar::EntryType::Regular,
+        0o644,
+        b"root:x:0:\nwww-data:x:33:\nshadow:x:42:\n",
+        None,
+    );
+    add(
+        &mut b,
+        "etc/hostname",
+        tar::EntryType::Regular,
+        0o644,
+        b"build-host\n",
+        None,
+    );
+    add(
+        &mut b,
+        "etc/os-release",
+        tar::EntryType::Symlink,
+        0o777,
+        b"",
+        Some("../usr/lib/os-release"),
+    );
+    add(
+        &mut b,
+        "usr/lib/os-release",
+        tar::EntryType::Regular,
+        0o644,
+        b"PRETTY_NAME=\"Synthetic\"\nID=debian\n",
+        None,
+    );
+    add(
+        &mut b,
+        "etc/ssh/ssh_host_ed25519_key",
+        tar::EntryType::Regular,
+        0o600,
+        b"secret",
+        None,
+    );
     let elf = fake_elf(arch.elf_machine());
-    add(&mut b, "usr/bin/passwd", tar::EntryType::Regular, 0o4755, &elf, None);
-    add(&mut b, "usr/bin/sh", tar::EntryType::Regular, 0o755, &elf, None);
-    add(&mut b, "usr/bin/sh.hardlink", tar::EntryType::Link, 0o755, b"", Some("usr/bin/sh"));
-    add(&mut b, "usr/sbin/sshd", tar::EntryType::Regular, 0o755, &elf, None);
-    add(&mut b, "boot/vmlinuz-6.12.0-test", tar::EntryType::Regular, 0o644, b"not really a kernel", None);
+    add(
+        &mut b,
+        "usr/bin/passwd",
+        tar::EntryType::Regular,
+        0o4755,
+        &elf,
+        None,
+    );
+    add(
+        &mut b,
+        "usr/bin/sh",
+        tar::EntryType::Regular,
+        0o755,
+        &elf,
+        None,
+    );
+    add(
+        &mut b,
+        "usr/bin/sh.hardlink",
+        tar::EntryType::Link,
+        0o755,
+        b"",
+        Some("usr/bin/sh"),
+    );
+    add(
+        &mut b,
+        "usr/sbin/sshd",
+        tar::EntryType::Regular,
+        0o755,
+        &elf,
+        None,
+    );
+    add(
+        &mut b,
+        "boot/vmlinuz-6.12.0-test",
+        tar::EntryType::Regular,
+        0o644,
+        b"not really a kernel",
+        None,
+    );
     add(&mut b, "var/lib/dpkg/status", tar::EntryType::Regular, 0o644, b"Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 13.8\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n", None);
     let mut h = header(tar::EntryType::Char, 0o666);
     h.set_device_major(1).unwrap();
     h.set_device_minor(3).unwrap();
     b.append_data(&mut h, "dev/null", std::io::empty()).unwrap();
     // A file capability, as ping has: a PAX xattr record.
-    b.append_pax_extensions([("SCHILY.xattr.security.capability", &[1u8, 0, 0, 2, 0, 32, 0, 0][..])]).unwrap();
-    add(&mut b, "usr/bin/ping", tar::EntryType::Regular, 0o755, &elf, None);
+    b.append_pax_extensions([(
+        "SCHILY.xattr.security.capability",
+        &[1u8, 0, 0, 2, 0, 32, 0, 0][..],
+    )])
+    .unwrap();
+    add(
+        &mut b,
+        "usr/bin/ping",
+        tar::EntryType::Regular,
+        0o755,
+        &elf,
+        None,
+    );
     b.into_inner().unwrap()
 }
 
@@ -48,13 +153,24 @@ fn header(t: tar::EntryType, mode: u32) -> tar::Header {
     h
 }
 
-fn add(b: &mut tar::Builder<Vec<u8>>, path: &str, t: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>) {
+fn add(
+    b: &mut tar::Builder<Vec<u8>>,
+    path: &str,
+    t: tar::EntryType,
+    mode: u32,
+    data: &[u8],
+    link: Option<&str>,
+) {
     let mut h = header(t, mode);
     if let Some(l) = link {
         b.append_link(&mut h, path, l).unwrap();
     } else {
         h.set_size(data.len() as u64);
-        let p = if t == tar::EntryType::Directory { format!("{path}/") } else { path.to_string() };
+        let p = if t == tar::EntryType::Directory {
+            format!("{path}/")
+        } else {
+            path.to_string()
+        };
         b.append_data(&mut h, p, data).unwrap();
     }
 }

@@ -76,10 +76,19 @@ pub fn make(host: &Host, fs: &Ext4<'_>) -> Result<()> {
 
 fn explain_full(e: anyhow::Error, size: u64) -> anyhow::Error {
     let text = format!("{e:#}");
-    if text.contains("Could not allocate") || text.contains("No space left") || text.contains("Could not allocate block") {
-        return UserError::new(Kind::Invalid, format!("the root filesystem ({}) is too small for the content", Bytes(size)))
-            .hint("raise [image] size, or set size = \"auto\"")
-            .into();
+    if text.contains("Could not allocate")
+        || text.contains("No space left")
+        || text.contains("Could not allocate block")
+    {
+        return UserError::new(
+            Kind::Invalid,
+            format!(
+                "the root filesystem ({}) is too small for the content",
+                Bytes(size)
+            ),
+        )
+        .hint("raise [image] size, or set size = \"auto\"")
+        .into();
     }
     e
 }

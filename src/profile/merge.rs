@@ -47,7 +47,10 @@ mod tests {
     fn child_scalars_win_tables_merge_lists_append() {
         let mut acc = t("a = 1\n[x]\nk = 'p'\nkeep = true\n[p]\nl = ['a', 'b']");
         merge(&mut acc, t("a = 2\n[x]\nk = 'c'\n[p]\nl = ['c']"));
-        assert_eq!(acc, t("a = 2\n[x]\nk = 'c'\nkeep = true\n[p]\nl = ['a', 'b', 'c']"));
+        assert_eq!(
+            acc,
+            t("a = 2\n[x]\nk = 'c'\nkeep = true\n[p]\nl = ['a', 'b', 'c']")
+        );
     }
 
     #[test]
@@ -68,7 +71,12 @@ mod tests {
     fn arrays_of_tables_append() {
         let mut acc = t("[[overlay]]\npath = 'a'");
         merge(&mut acc, t("[[overlay]]\npath = 'b'"));
-        let paths: Vec<_> = acc["overlay"].as_array().unwrap().iter().map(|o| o["path"].as_str().unwrap()).collect();
+        let paths: Vec<_> = acc["overlay"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["path"].as_str().unwrap())
+            .collect();
         assert_eq!(paths, ["a", "b"]);
     }
 }

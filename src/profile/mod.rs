@@ -43,7 +43,10 @@ impl Source {
     }
 
     fn line_at(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 }
 
@@ -62,8 +65,15 @@ impl Merged {
         self.sources
             .iter()
             .rev()
-            .find_map(|s| s.line_of(needle).map(|l| format!("{}:{l}", s.path.display())))
-            .unwrap_or_else(|| self.sources.last().map_or_else(String::new, |s| s.path.display().to_string()))
+            .find_map(|s| {
+                s.line_of(needle)
+                    .map(|l| format!("{}:{l}", s.path.display()))
+            })
+            .unwrap_or_else(|| {
+                self.sources
+                    .last()
+                    .map_or_else(String::new, |s| s.path.display().to_string())
+            })
     }
 }
 
@@ -99,12 +109,17 @@ impl Project {
     }
 
     fn shown(&self, p: &Path) -> PathBuf {
-        p.strip_prefix(&self.root).map_or_else(|_| p.to_path_buf(), Path::to_path_buf)
+        p.strip_prefix(&self.root)
+            .map_or_else(|_| p.to_path_buf(), Path::to_path_buf)
     }
 
     /// Reads `name` and everything it extends, and merges them (parents first).
     pub fn load(&self, name: &str) -> Result<Merged> {
-        let mut merged = Merged { name: name.to_string(), table: Table::new(), sources: Vec::new() };
+        let mut merged = Merged {
+            name: name.to_string(),
+            table: Table::new(),
+            sources: Vec::new(),
+        };
         let mut stack = Vec::new();
         self.load_into(name, None, &mut stack, &mut merged)?;
         merged.table.remove("extends");
@@ -121,7 +136,13 @@ impl Project {
         if let Some(pos) = stack.iter().position(|n| n == name) {
             let mut cycle = stack[pos..].to_vec();
             cycle.push(name.to_string());
-            let at = parent.map(|p| format!("{}:{}: ", p.path.display(), p.line_of("extends").unwrap_or(1)));
+            let at = parent.map(|p| {
+                format!(
+                    "{}:{}: ",
+                    p.path.display(),
+                    p.line_of("extends").unwrap_or(1)
+                )
+            });
             return Err(UserError::invalid(format!(
                 "{}extends cycle: {}",
                 at.unwrap_or_default(),
@@ -147,7 +168,10 @@ impl Project {
     fn read_source(&self, name: &str, parent: Option<&Source>) -> Result<Source> {
         let path = self.profile_path(name);
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Source { path: self.shown(&path), text }),
+            Ok(text) => Ok(Source {
+                path: self.shown(&path),
+                text,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let known = self.list().unwrap_or_default().join(", ");
                 let msg = match parent {
@@ -157,9 +181,14 @@ impl Project {
                         p.line_of(&format!("\"{name}\"")).unwrap_or(1),
                         self.shown(&path).display()
                     ),
-                    None => format!("no profile `{name}`: {} does not exist", self.shown(&path).display()),
+                    None => format!(
+                        "no profile `{name}`: {} does not exist",
+                        self.shown(&path).display()
+                    ),
                 };
-                Err(UserError::invalid(msg).hint(format!("profiles here: {known}")).into())
+                Err(UserError::invalid(msg)
+                    .hint(format!("profiles here: {known}"))
+                    .into())
             }
             Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
         }
@@ -178,15 +207,26 @@ fn parse_file(source: &Source) -> Result<ProfileFile> {
         } else {
             "fix the TOML syntax at that line"
         };
-        UserError::invalid(format!("{}:{line}: {msg}", source.path.display())).hint(hint).into()
+        UserError::invalid(format!("{}:{line}: {msg}", source.path.display()))
+            .hint(hint)
+            .into()
     })
 }
 
 /// What the base root filesystem is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BaseSpec {
-    Debian { suite: String, variant: String, components: Vec<String>, mirror: Option<String>, packages: Vec<String> },
-    Tarball { path: PathBuf, sha256: String },
+    Debian {
+        suite: String,
+        variant: String,
+        components: Vec<String>,
+        mirror: Option<String>,
+        packages: Vec<String>,
+    },
+    Tarball {
+        path: PathBuf,
+        sha256: String,
+    },
 }
 
 /// How big the disk is.
@@ -238,32 +278,57 @@ impl Recipe {
     }
 
     fn from_merged(project: &Project, merged: Merged) -> Result<Recipe> {
-        let shown = merged.sources.last().map(|s| s.path.display().to_string()).unwrap_or_default();
+        let shown = merged
+            .sources
+            .last()
+            .map(|s| s.path.display().to_string())
+            .unwrap_or_default();
         // Each file was checked on its own; the merge of valid files is valid TOML for the schema.
-        let p: ProfileFile = merged.table.clone().try_into().map_err(|e: toml::de::Error| {
-            UserError::invalid(format!("{shown}: {}", e.message().trim()))
-        })?;
+        let p: ProfileFile = merged
+            .table
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                UserError::invalid(format!("{shown}: {}", e.message().trim()))
+            })?;
         let need = |what: &str, key: &str| {
-            UserError::invalid(format!("{shown}: the merged profile has no `{key}`"))
-                .hint(format!("add `{key} = ...` under [{what}] in {shown} or a profile it extends"))
+            UserError::invalid(format!("{shown}: the merged profile has no `{key}`")).hint(format!(
+                "add `{key} = ...` under [{what}] in {shown} or a profile it extends"
+            ))
         };
         let arch = p.image.arch.ok_or_else(|| need("image", "arch"))?;
-        let version = p.image.version.clone().ok_or_else(|| need("image", "version"))?;
+        let version = p
+            .image
+            .version
+            .clone()
+            .ok_or_else(|| need("image", "version"))?;
         check_version(&merged, &version)?;
         let image_name = p.image.name.clone().unwrap_or_else(|| merged.name.clone());
         let size = match p.image.size.as_deref() {
             None | Some("auto") => DiskSize::Auto,
             Some(s) => DiskSize::Fixed(parse_size(&merged, s)?),
         };
-        let esp_size = p.image.esp_size.as_deref().map_or(Ok(Bytes(DEFAULT_ESP_SIZE)), |s| parse_size(&merged, s))?;
+        let esp_size = p
+            .image
+            .esp_size
+            .as_deref()
+            .map_or(Ok(Bytes(DEFAULT_ESP_SIZE)), |s| parse_size(&merged, s))?;
         let formats = check_formats(&merged, &p.image.formats)?;
         let base = base_spec(project, &merged, &p)?;
-        let overlays = p.overlay.iter().map(|o| overlay_spec(project, &merged, o)).collect::<Result<_>>()?;
+        let overlays = p
+            .overlay
+            .iter()
+            .map(|o| overlay_spec(project, &merged, o))
+            .collect::<Result<_>>()?;
         let id = digest(&merged.table);
         Ok(Recipe {
             profile: merged.name.clone(),
             id,
-            hostname: p.image.hostname.clone().unwrap_or_else(|| image_name.clone()),
+            hostname: p
+                .image
+                .hostname
+                .clone()
+                .unwrap_or_else(|| image_name.clone()),
             image_name,
             version,
             arch,
@@ -302,18 +367,25 @@ pub fn digest(table: &Table) -> String {
 }
 
 fn check_version(m: &Merged, v: &str) -> Result<()> {
-    let ok = !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._+~".contains(c));
+    let ok = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+~".contains(c));
     if ok {
         return Ok(());
     }
-    Err(UserError::invalid(format!("{}: version `{v}` cannot be part of a file name", m.locate("version")))
-        .hint("use letters, digits and . _ + ~ only, e.g. 2026.11.1")
-        .into())
+    Err(UserError::invalid(format!(
+        "{}: version `{v}` cannot be part of a file name",
+        m.locate("version")
+    ))
+    .hint("use letters, digits and . _ + ~ only, e.g. 2026.11.1")
+    .into())
 }
 
 fn parse_size(m: &Merged, s: &str) -> Result<Bytes> {
     Bytes::parse(s).map_err(|e| {
-        UserError::invalid(format!("{}: {e}", m.locate(&format!("\"{s}\"")))).hint("sizes look like \"4G\", \"512M\" or \"auto\"").into()
+        UserError::invalid(format!("{}: {e}", m.locate(&format!("\"{s}\""))))
+            .hint("sizes look like \"4G\", \"512M\" or \"auto\"")
+            .into()
     })
 }
 
@@ -325,7 +397,10 @@ fn check_formats(m: &Merged, formats: &[String]) -> Result<Vec<String>> {
         if !FORMATS.contains(&f.as_str()) {
             return Err(UserError::new(
                 crate::error::Kind::Unsupported,
-                format!("{}: unknown image format `{f}`", m.locate(&format!("\"{f}\""))),
+                format!(
+                    "{}: unknown image format `{f}`",
+                    m.locate(&format!("\"{f}\""))
+                ),
             )
             .hint(format!("formats imagebuild writes: {}", FORMATS.join(", ")))
             .into());
@@ -343,29 +418,48 @@ fn base_spec(project: &Project, m: &Merged, p: &ProfileFile) -> Result<BaseSpec>
         (Some("debian"), None) => Ok(BaseSpec::Debian {
             suite: b.suite.clone().unwrap_or_else(|| DEFAULT_SUITE.into()),
             variant: b.variant.clone().unwrap_or_else(|| "minbase".into()),
-            components: if b.components.is_empty() { vec!["main".into()] } else { b.components.clone() },
+            components: if b.components.is_empty() {
+                vec!["main".into()]
+            } else {
+                b.components.clone()
+            },
             mirror: b.mirror.clone(),
             packages: p.packages.include.clone(),
         }),
         (Some(other), None) => Err(UserError::new(
             crate::error::Kind::Unsupported,
-            format!("{}: unknown distro `{other}`", m.locate(&format!("\"{other}\""))),
+            format!(
+                "{}: unknown distro `{other}`",
+                m.locate(&format!("\"{other}\""))
+            ),
         )
         .hint("set distro = \"debian\", or use tarball = \"FILE\" with sha256 = \"...\"")
         .into()),
         (None, Some(path)) => {
             let sha = b.sha256.clone().ok_or_else(|| {
-                UserError::invalid(format!("{}: tarball base without sha256", m.locate("tarball")))
-                    .hint("add sha256 = \"...\" (the output of `sha256sum FILE`) under [base]")
+                UserError::invalid(format!(
+                    "{}: tarball base without sha256",
+                    m.locate("tarball")
+                ))
+                .hint("add sha256 = \"...\" (the output of `sha256sum FILE`) under [base]")
             })?;
-            Ok(BaseSpec::Tarball { path: project.root.join(path), sha256: sha.to_ascii_lowercase() })
+            Ok(BaseSpec::Tarball {
+                path: project.root.join(path),
+                sha256: sha.to_ascii_lowercase(),
+            })
         }
-        (Some(_), Some(_)) => Err(UserError::invalid(format!("{}: [base] sets both distro and tarball", m.locate("tarball")))
-            .hint("keep one of them")
-            .into()),
-        (None, None) => Err(UserError::invalid(format!("{}: [base] has no distro or tarball", m.locate("[base]")))
-            .hint("add distro = \"debian\" under [base] (or extend profiles/base.toml)")
-            .into()),
+        (Some(_), Some(_)) => Err(UserError::invalid(format!(
+            "{}: [base] sets both distro and tarball",
+            m.locate("tarball")
+        ))
+        .hint("keep one of them")
+        .into()),
+        (None, None) => Err(UserError::invalid(format!(
+            "{}: [base] has no distro or tarball",
+            m.locate("[base]")
+        ))
+        .hint("add distro = \"debian\" under [base] (or extend profiles/base.toml)")
+        .into()),
     }
 }
 
@@ -386,13 +480,25 @@ fn overlay_spec(project: &Project, m: &Merged, o: &schema::OverlaySection) -> Re
             .ok()
             .filter(|v| *v <= 0o7777)
             .ok_or_else(|| {
-                UserError::invalid(format!("{}: mode `{mode}` of {path} is not an octal mode", m.locate(mode)))
-                    .hint("write modes as octal strings, e.g. \"0600\"")
+                UserError::invalid(format!(
+                    "{}: mode `{mode}` of {path} is not an octal mode",
+                    m.locate(mode)
+                ))
+                .hint("write modes as octal strings, e.g. \"0600\"")
             })?;
         modes.insert(path.trim_matches('/').to_string(), v);
     }
-    let owners = o.owner.iter().map(|(k, v)| (k.trim_matches('/').to_string(), v.clone())).collect();
-    Ok(OverlaySpec { path: o.path.clone(), dir, modes, owners })
+    let owners = o
+        .owner
+        .iter()
+        .map(|(k, v)| (k.trim_matches('/').to_string(), v.clone()))
+        .collect();
+    Ok(OverlaySpec {
+        path: o.path.clone(),
+        dir,
+        modes,
+        owners,
+    })
 }
 
 #[cfg(test)]

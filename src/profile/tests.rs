@@ -22,12 +22,20 @@ const BASE: &str = "[image]\narch = \"amd64\"\nversion = \"1.0\"\n[base]\ndistro
 fn extends_merges_with_removal_and_child_wins() {
     let (_d, p) = project(&[
         ("profiles/base.toml", BASE),
-        ("profiles/web.toml", "extends = [\"base\"]\n[image]\nversion = \"2.0\"\n[packages]\ninclude = [\"-vim\", \"nginx\"]\n"),
+        (
+            "profiles/web.toml",
+            "extends = [\"base\"]\n[image]\nversion = \"2.0\"\n[packages]\ninclude = [\"-vim\", \"nginx\"]\n",
+        ),
     ]);
     let r = Recipe::load(&p, "web").unwrap();
     assert_eq!(r.version, "2.0");
     assert_eq!(r.arch, Arch::Amd64);
-    let BaseSpec::Debian { packages, suite, .. } = &r.base else { panic!() };
+    let BaseSpec::Debian {
+        packages, suite, ..
+    } = &r.base
+    else {
+        panic!()
+    };
     assert_eq!(packages, &["systemd", "nginx"]);
     assert_eq!(suite, "trixie");
     assert_eq!(r.image_name, "web");
@@ -36,7 +44,10 @@ fn extends_merges_with_removal_and_child_wins() {
 
 #[test]
 fn malformed_toml_names_file_and_line() {
-    let (_d, p) = project(&[("profiles/bad.toml", "[image]\narch = \"amd64\"\nversion = 1.0.0\n")]);
+    let (_d, p) = project(&[(
+        "profiles/bad.toml",
+        "[image]\narch = \"amd64\"\nversion = 1.0.0\n",
+    )]);
     let (msg, hints) = err(&p, "bad");
     assert!(msg.starts_with("profiles/bad.toml:3:"), "{msg}");
     assert!(hints[0].contains("syntax"));
@@ -44,7 +55,10 @@ fn malformed_toml_names_file_and_line() {
 
 #[test]
 fn unknown_key_names_file_line_and_key() {
-    let (_d, p) = project(&[("profiles/x.toml", "[image]\narch = \"amd64\"\n\n[packages]\ninclud = [\"vim\"]\n")]);
+    let (_d, p) = project(&[(
+        "profiles/x.toml",
+        "[image]\narch = \"amd64\"\n\n[packages]\ninclud = [\"vim\"]\n",
+    )]);
     let (msg, _) = err(&p, "x");
     assert!(msg.starts_with("profiles/x.toml:5:"), "{msg}");
     assert!(msg.contains("unknown field `includ`"), "{msg}");
@@ -52,7 +66,10 @@ fn unknown_key_names_file_line_and_key() {
 
 #[test]
 fn unknown_architecture_is_an_error_with_line() {
-    let (_d, p) = project(&[("profiles/x.toml", "[image]\nversion = \"1\"\narch = \"riscv64\"\n")]);
+    let (_d, p) = project(&[(
+        "profiles/x.toml",
+        "[image]\nversion = \"1\"\narch = \"riscv64\"\n",
+    )]);
     let (msg, _) = err(&p, "x");
     assert!(msg.starts_with("profiles/x.toml:3:"), "{msg}");
     assert!(msg.contains("riscv64") && msg.contains("amd64"), "{msg}");
@@ -65,14 +82,20 @@ fn extends_cycle_is_reported_with_the_path() {
         ("profiles/b.toml", "\nextends = [\"a\"]\n"),
     ]);
     let (msg, _) = err(&p, "a");
-    assert!(msg.contains("profiles/b.toml:2: extends cycle: a -> b -> a"), "{msg}");
+    assert!(
+        msg.contains("profiles/b.toml:2: extends cycle: a -> b -> a"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn missing_parent_names_the_file() {
     let (_d, p) = project(&[("profiles/a.toml", "extends = [\"nope\"]\n")]);
     let (msg, hints) = err(&p, "a");
-    assert!(msg.contains("profiles/a.toml:1: extends `nope`, but profiles/nope.toml does not exist"), "{msg}");
+    assert!(
+        msg.contains("profiles/a.toml:1: extends `nope`, but profiles/nope.toml does not exist"),
+        "{msg}"
+    );
     assert!(hints[0].contains("a"), "{hints:?}");
 }
 
@@ -81,13 +104,19 @@ fn missing_overlay_directory_names_the_line() {
     let text = format!("{BASE}\n[[overlay]]\npath = \"overlays/gone\"\n");
     let (_d, p) = project(&[("profiles/x.toml", &text)]);
     let (msg, hints) = err(&p, "x");
-    assert!(msg.contains("profiles/x.toml:10: overlay directory overlays/gone does not exist"), "{msg}");
+    assert!(
+        msg.contains("profiles/x.toml:10: overlay directory overlays/gone does not exist"),
+        "{msg}"
+    );
     assert!(hints[0].contains("create overlays/gone"));
 }
 
 #[test]
 fn tarball_base_needs_sha256() {
-    let (_d, p) = project(&[("profiles/x.toml", "[image]\narch = \"arm64\"\nversion = \"1\"\n[base]\ntarball = \"b.tar\"\n")]);
+    let (_d, p) = project(&[(
+        "profiles/x.toml",
+        "[image]\narch = \"arm64\"\nversion = \"1\"\n[base]\ntarball = \"b.tar\"\n",
+    )]);
     let (msg, _) = err(&p, "x");
     assert!(msg.contains("tarball base without sha256"), "{msg}");
 }
@@ -105,7 +134,11 @@ fn digest_is_stable_and_tracks_content() {
 
 #[test]
 fn list_finds_profiles_sorted() {
-    let (_d, p) = project(&[("profiles/b.toml", ""), ("profiles/a.toml", ""), ("profiles/notes.txt", "")]);
+    let (_d, p) = project(&[
+        ("profiles/b.toml", ""),
+        ("profiles/a.toml", ""),
+        ("profiles/notes.txt", ""),
+    ]);
     assert_eq!(p.list().unwrap(), ["a", "b"]);
 }
 

@@ -14,10 +14,15 @@ pub fn check_architecture(tree: &Tree, arch: Arch) -> Result<usize> {
     for (path, e) in tree.entries() {
         let Kind::File(c) = &e.kind else { continue };
         let head = tree.head(c, 64)?;
-        let Some(machine) = elf_machine(&head) else { continue };
+        let Some(machine) = elf_machine(&head) else {
+            continue;
+        };
         checked += 1;
         if machine != arch.elf_machine() && machine != EM_BPF && machine != EM_NONE {
-            wrong.push(format!("/{path} ({})", goblin::elf::header::machine_to_str(machine)));
+            wrong.push(format!(
+                "/{path} ({})",
+                goblin::elf::header::machine_to_str(machine)
+            ));
         }
     }
     if wrong.is_empty() {
@@ -44,7 +49,11 @@ fn elf_machine(head: &[u8]) -> Option<u16> {
         // A truncated or odd header: read e_machine directly (little- or big-endian).
         Err(_) => {
             let b = [head[18], head[19]];
-            Some(if head[5] == 2 { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+            Some(if head[5] == 2 {
+                u16::from_be_bytes(b)
+            } else {
+                u16::from_le_bytes(b)
+            })
         }
     }
 }
@@ -58,13 +67,22 @@ mod tests {
     #[test]
     fn foreign_binary_is_named() {
         let mut t = Tree::new();
-        t.insert("usr/bin/good", Entry::file(fake_elf(Arch::Arm64.elf_machine()), 0o755, 0));
-        t.insert("usr/bin/bad", Entry::file(fake_elf(Arch::Amd64.elf_machine()), 0o755, 0));
+        t.insert(
+            "usr/bin/good",
+            Entry::file(fake_elf(Arch::Arm64.elf_machine()), 0o755, 0),
+        );
+        t.insert(
+            "usr/bin/bad",
+            Entry::file(fake_elf(Arch::Amd64.elf_machine()), 0o755, 0),
+        );
         t.insert("usr/lib/x.bpf.o", Entry::file(fake_elf(EM_BPF), 0o644, 0));
         t.insert("etc/motd", Entry::file(b"hello".to_vec(), 0o644, 0));
         let err = check_architecture(&t, Arch::Arm64).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("1 ELF file(s) are not for arm64: /usr/bin/bad"), "{msg}");
+        assert!(
+            msg.contains("1 ELF file(s) are not for arm64: /usr/bin/bad"),
+            "{msg}"
+        );
         t.remove("usr/bin/bad");
         assert_eq!(check_architecture(&t, Arch::Arm64).unwrap(), 2);
     }

@@ -17,10 +17,22 @@ pub struct Generated<'a> {
 /// machine-id, and removes what must not be shared by every machine flashed from the image
 /// (host files mmdebstrap copied in, SSH host keys, the random seed).
 pub fn generate(tree: &mut Tree, g: &Generated<'_>, epoch: i64) -> Result<()> {
-    tree.insert("etc/hostname", Entry::file(format!("{}\n", g.hostname).into_bytes(), 0o644, epoch));
-    tree.insert("etc/resolv.conf", Entry::file(Vec::new(), 0o644, epoch));
+    tree.insert(
+        "etc/hostname",
+        Entry::file(format!("{}\n", g.hostname).into_bytes(), 0o644, epoch),
+    );
+    // mmdebstrap copies the build host's resolv.conf; a symlink (systemd-resolved) is the image's own.
+    if !matches!(
+        tree.get("etc/resolv.conf").map(|e| &e.kind),
+        Some(Kind::Symlink(_))
+    ) {
+        tree.insert("etc/resolv.conf", Entry::file(Vec::new(), 0o644, epoch));
+    }
     // "uninitialized" (not empty) is what makes systemd treat the first boot as first boot.
-    tree.insert("etc/machine-id", Entry::file(b"uninitialized\n".to_vec(), 0o444, epoch));
+    tree.insert(
+        "etc/machine-id",
+        Entry::file(b"uninitialized\n".to_vec(), 0o444, epoch),
+    );
     tree.remove("var/lib/systemd/random-seed");
     write_os_release(tree, g, epoch)?;
     tree.insert("boot/efi", Entry::dir(0o755, epoch));
@@ -34,7 +46,9 @@ pub fn generate(tree: &mut Tree, g: &Generated<'_>, epoch: i64) -> Result<()> {
 }
 
 fn write_os_release(tree: &mut Tree, g: &Generated<'_>, epoch: i64) -> Result<()> {
-    let target = tree.resolve("etc/os-release").filter(|p| matches!(tree.get(p).map(|e| &e.kind), Some(Kind::File(_))));
+    let target = tree
+        .resolve("etc/os-release")
+        .filter(|p| matches!(tree.get(p).map(|e| &e.kind), Some(Kind::File(_))));
     let old = match &target {
         Some(p) => String::from_utf8_lossy(&tree.read(p)?.unwrap_or_default()).into_owned(),
         None => String::new(),
@@ -44,7 +58,10 @@ fn write_os_release(tree: &mut Tree, g: &Generated<'_>, epoch: i64) -> Result<()
         .filter(|l| !l.starts_with("IMAGE_ID=") && !l.starts_with("IMAGE_VERSION="))
         .map(|l| format!("{l}\n"))
         .collect();
-    text.push_str(&format!("IMAGE_ID={}\nIMAGE_VERSION={}\n", g.image_id, g.version));
+    text.push_str(&format!(
+        "IMAGE_ID={}\nIMAGE_VERSION={}\n",
+        g.image_id, g.version
+    ));
     let path = target.unwrap_or_else(|| "etc/os-release".to_string());
     let mode = tree.get(&path).map_or(0o644, |e| e.mode);
     tree.insert(&path, Entry::file(text.into_bytes(), mode, epoch));
@@ -56,8 +73,11 @@ const KEYGEN_UNIT: &str = "imagebuild-ssh-hostkeys.service";
 /// SSH host keys are made at package install; every server flashed from the image would
 /// share them. Remove them and generate fresh ones before sshd first starts.
 fn ssh_host_keys_on_first_boot(tree: &mut Tree, epoch: i64) {
-    let keys: Vec<String> =
-        tree.paths_under("etc/ssh").into_iter().filter(|p| p.starts_with("etc/ssh/ssh_host_")).collect();
+    let keys: Vec<String> = tree
+        .paths_under("etc/ssh")
+        .into_iter()
+        .filter(|p| p.starts_with("etc/ssh/ssh_host_"))
+        .collect();
     for k in &keys {
         tree.remove(k);
     }
@@ -65,9 +85,15 @@ fn ssh_host_keys_on_first_boot(tree: &mut Tree, epoch: i64) {
         return;
     }
     let unit = "[Unit]\nDescription=Generate SSH host keys on first boot\nBefore=ssh.service\nConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\n\n[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\n\n[Install]\nWantedBy=ssh.service\n";
-    tree.insert(&format!("usr/lib/systemd/system/{KEYGEN_UNIT}"), Entry::file(unit.as_bytes().to_vec(), 0o644, epoch));
+    tree.insert(
+        &format!("usr/lib/systemd/system/{KEYGEN_UNIT}"),
+        Entry::file(unit.as_bytes().to_vec(), 0o644, epoch),
+    );
     let link = format!("/usr/lib/systemd/system/{KEYGEN_UNIT}");
-    tree.insert(&format!("etc/systemd/system/ssh.service.wants/{KEYGEN_UNIT}"), Entry::symlink(&link, epoch));
+    tree.insert(
+        &format!("etc/systemd/system/ssh.service.wants/{KEYGEN_UNIT}"),
+        Entry::symlink(&link, epoch),
+    );
 }
 
 /// An installed package, from the image's dpkg status.
@@ -88,11 +114,19 @@ pub fn parse_dpkg_status(text: &str) -> Vec<Package> {
     let mut out = Vec::new();
     for stanza in text.split("\n\n") {
         let field = |name: &str| {
-            stanza.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string()))
+            stanza.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(':'))
+                    .map(|v| v.trim().to_string())
+            })
         };
         let installed = field("Status").is_some_and(|s| s.ends_with(" installed"));
         if let (true, Some(name), Some(version)) = (installed, field("Package"), field("Version")) {
-            out.push(Package { name, version, arch: field("Architecture").unwrap_or_default() });
+            out.push(Package {
+                name,
+                version,
+                arch: field("Architecture").unwrap_or_default(),
+            });
         }
     }
     out.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));

@@ -39,8 +39,14 @@ pub enum Kind {
     Symlink(String),
     /// A hard link to the file at this (earlier) path.
     Hardlink(String),
-    Char { major: u32, minor: u32 },
-    Block { major: u32, minor: u32 },
+    Char {
+        major: u32,
+        minor: u32,
+    },
+    Block {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
 }
 
@@ -58,15 +64,36 @@ pub struct Entry {
 
 impl Entry {
     pub fn dir(mode: u32, mtime: i64) -> Self {
-        Self { kind: Kind::Dir, mode, uid: 0, gid: 0, mtime, xattrs: BTreeMap::new() }
+        Self {
+            kind: Kind::Dir,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime,
+            xattrs: BTreeMap::new(),
+        }
     }
 
     pub fn file(bytes: impl Into<Arc<[u8]>>, mode: u32, mtime: i64) -> Self {
-        Self { kind: Kind::File(Content::Bytes(bytes.into())), mode, uid: 0, gid: 0, mtime, xattrs: BTreeMap::new() }
+        Self {
+            kind: Kind::File(Content::Bytes(bytes.into())),
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime,
+            xattrs: BTreeMap::new(),
+        }
     }
 
     pub fn symlink(target: &str, mtime: i64) -> Self {
-        Self { kind: Kind::Symlink(target.to_string()), mode: 0o777, uid: 0, gid: 0, mtime, xattrs: BTreeMap::new() }
+        Self {
+            kind: Kind::Symlink(target.to_string()),
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            mtime,
+            xattrs: BTreeMap::new(),
+        }
     }
 }
 
@@ -79,7 +106,10 @@ pub struct Tree {
 
 /// Normalises "/etc//x/" and "./etc/x" to "etc/x".
 pub fn clean(path: &str) -> String {
-    path.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/")
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn parent(path: &str) -> Option<&str> {
@@ -122,7 +152,8 @@ impl Tree {
             if dir.is_empty() || self.entries.contains_key(dir) {
                 break;
             }
-            self.entries.insert(dir.to_string(), Entry::dir(0o755, mtime));
+            self.entries
+                .insert(dir.to_string(), Entry::dir(0o755, mtime));
             p = parent(dir);
         }
     }
@@ -130,7 +161,13 @@ impl Tree {
     /// Before `path` is replaced or removed: if other paths are hard links to it, the first
     /// of them takes over the content and the rest point to it.
     fn detach_links(&mut self, path: &str) {
-        let Some(Entry { kind: Kind::File(_), .. }) = self.entries.get(path) else { return };
+        let Some(Entry {
+            kind: Kind::File(_),
+            ..
+        }) = self.entries.get(path)
+        else {
+            return;
+        };
         let links: Vec<String> = self
             .entries
             .iter()
@@ -165,7 +202,11 @@ impl Tree {
     /// Paths directly or indirectly below `dir`, sorted.
     pub fn paths_under(&self, dir: &str) -> Vec<String> {
         let prefix = format!("{}/", clean(dir));
-        self.entries.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect()
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Follows symlinks (absolute ones relative to this root) and hard links, up to 40 hops.
@@ -206,9 +247,14 @@ impl Tree {
 
     /// The bytes of the regular file at `path` (after following links), if there is one.
     pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let Some(p) = self.resolve(path) else { return Ok(None) };
+        let Some(p) = self.resolve(path) else {
+            return Ok(None);
+        };
         match self.entries.get(&p).map(|e| &e.kind) {
-            Some(Kind::File(c)) => self.read_content(c).map(Some).with_context(|| format!("reading /{p} from the tree")),
+            Some(Kind::File(c)) => self
+                .read_content(c)
+                .map(Some)
+                .with_context(|| format!("reading /{p} from the tree")),
             _ => Ok(None),
         }
     }
@@ -218,7 +264,11 @@ impl Tree {
         Ok(match content {
             Content::Base { offset, len } => {
                 let f = self.base.as_ref().context("tree has no base tar")?;
-                Box::new(At { file: f, pos: *offset, end: offset + len })
+                Box::new(At {
+                    file: f,
+                    pos: *offset,
+                    end: offset + len,
+                })
             }
             Content::Bytes(b) => Box::new(&b[..]),
             Content::Host { path, len } => {
@@ -259,7 +309,11 @@ impl Tree {
             if *first < holder {
                 let content = self.entries[&holder].clone();
                 self.entries.insert(first.clone(), content);
-                for p in links.iter().filter(|p| *p != first).chain(std::iter::once(&holder)) {
+                for p in links
+                    .iter()
+                    .filter(|p| *p != first)
+                    .chain(std::iter::once(&holder))
+                {
                     if let Some(e) = self.entries.get_mut(p) {
                         e.kind = Kind::Hardlink(first.clone());
                     }
@@ -325,7 +379,10 @@ impl Read for At<'_> {
         }
         let n = self.file.read_at(&mut buf[..want], self.pos)?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "base tar ends inside a file"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "base tar ends inside a file",
+            ));
         }
         self.pos += n as u64;
         Ok(n)

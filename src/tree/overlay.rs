@@ -21,20 +21,31 @@ pub fn apply_overlay(tree: &mut Tree, spec: &OverlaySpec, epoch: i64) -> Result<
     let ids = Ids::from_tree(tree)?;
     for rel in &paths {
         let host = spec.dir.join(rel);
-        let meta = std::fs::symlink_metadata(&host).with_context(|| format!("reading {}", host.display()))?;
+        let meta = std::fs::symlink_metadata(&host)
+            .with_context(|| format!("reading {}", host.display()))?;
         let existing_dir = matches!(tree.get(rel).map(|e| &e.kind), Some(Kind::Dir));
         let mut entry = if meta.file_type().is_symlink() {
             let t = std::fs::read_link(&host)?;
             Entry::symlink(&t.to_string_lossy(), epoch)
         } else if meta.is_dir() {
             match (existing_dir, tree.get(rel)) {
-                (true, Some(e)) => Entry { mtime: epoch, ..e.clone() },
+                (true, Some(e)) => Entry {
+                    mtime: epoch,
+                    ..e.clone()
+                },
                 _ => Entry::dir(0o755, epoch),
             }
         } else if meta.is_file() {
-            let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
             let mut e = Entry::dir(mode, epoch);
-            e.kind = Kind::File(Content::Host { path: host.clone(), len: meta.len() });
+            e.kind = Kind::File(Content::Host {
+                path: host.clone(),
+                len: meta.len(),
+            });
             e
         } else {
             return Err(UserError::invalid(format!(
@@ -73,11 +84,17 @@ impl Kind {
 }
 
 fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
     names.sort();
     for name in names {
         let name = name.to_string_lossy().into_owned();
-        let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        let child = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
         out.push(child.clone());
         let p = dir.join(&name);
         if std::fs::symlink_metadata(&p)?.is_dir() {
@@ -132,15 +149,24 @@ impl Ids {
 
     /// "uid:gid", "user:group" or "user" (its primary group).
     fn resolve(&self, owner: &str) -> Result<(u32, u32), String> {
-        let (u, g) = owner.split_once(':').map_or((owner, None), |(u, g)| (u, Some(g)));
+        let (u, g) = owner
+            .split_once(':')
+            .map_or((owner, None), |(u, g)| (u, Some(g)));
         let (uid, primary) = match u.parse::<u32>() {
             Ok(n) => (n, None),
-            Err(_) => self.users.get(u).map(|(a, b)| (*a, Some(*b))).ok_or(format!("no user `{u}` in the image"))?,
+            Err(_) => self
+                .users
+                .get(u)
+                .map(|(a, b)| (*a, Some(*b)))
+                .ok_or(format!("no user `{u}` in the image"))?,
         };
         let gid = match g {
             Some(g) => match g.parse::<u32>() {
                 Ok(n) => n,
-                Err(_) => *self.groups.get(g).ok_or(format!("no group `{g}` in the image"))?,
+                Err(_) => *self
+                    .groups
+                    .get(g)
+                    .ok_or(format!("no group `{g}` in the image"))?,
             },
             None => primary.ok_or(format!("`{owner}` needs a group: write UID:GID"))?,
         };

@@ -15,16 +15,22 @@ impl Tree {
     /// Reads the headers of the uncompressed tar at `path`; file contents stay in the tar
     /// and are read from it when needed.
     pub fn from_tar(path: &Path) -> Result<Tree> {
-        let file = File::open(path).with_context(|| format!("opening base tar {}", path.display()))?;
+        let file =
+            File::open(path).with_context(|| format!("opening base tar {}", path.display()))?;
         let mut tree = Tree::new();
         let mut archive = tar::Archive::new(&file);
-        for entry in archive.entries_with_seek().with_context(|| format!("reading {}", path.display()))? {
-            let mut entry = entry.with_context(|| format!("reading an entry of {}", path.display()))?;
+        for entry in archive
+            .entries_with_seek()
+            .with_context(|| format!("reading {}", path.display()))?
+        {
+            let mut entry =
+                entry.with_context(|| format!("reading an entry of {}", path.display()))?;
             let name = clean(&String::from_utf8_lossy(&entry.path_bytes()));
             if name.is_empty() {
                 continue;
             }
-            let e = convert(&mut entry).with_context(|| format!("reading /{name} from {}", path.display()))?;
+            let e = convert(&mut entry)
+                .with_context(|| format!("reading /{name} from {}", path.display()))?;
             tree.entries.insert(name, e);
         }
         tree.base = Some(Arc::new(file));
@@ -37,7 +43,8 @@ impl Tree {
         let mut b = tar::Builder::new(out);
         b.mode(tar::HeaderMode::Deterministic);
         for (path, e) in &self.entries {
-            self.append(&mut b, path, e).with_context(|| format!("writing /{path} to the root tar"))?;
+            self.append(&mut b, path, e)
+                .with_context(|| format!("writing /{path} to the root tar"))?;
         }
         b.into_inner()?.flush()?;
         Ok(())
@@ -45,8 +52,11 @@ impl Tree {
 
     fn append<W: Write>(&self, b: &mut tar::Builder<W>, path: &str, e: &Entry) -> Result<()> {
         if !e.xattrs.is_empty() {
-            let recs: Vec<(String, &[u8])> =
-                e.xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice())).collect();
+            let recs: Vec<(String, &[u8])> = e
+                .xattrs
+                .iter()
+                .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
+                .collect();
             b.append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), *v)))?;
         }
         let mut h = Header::new_gnu();
@@ -74,7 +84,11 @@ impl Tree {
                 b.append_link(&mut h, path, t)?;
             }
             Kind::Char { major, minor } | Kind::Block { major, minor } => {
-                let t = if matches!(e.kind, Kind::Char { .. }) { EntryType::Char } else { EntryType::Block };
+                let t = if matches!(e.kind, Kind::Char { .. }) {
+                    EntryType::Char
+                } else {
+                    EntryType::Block
+                };
                 h.set_entry_type(t);
                 h.set_device_major(*major)?;
                 h.set_device_minor(*minor)?;
@@ -95,27 +109,41 @@ fn convert(entry: &mut tar::Entry<'_, &File>) -> Result<Entry> {
     let uid = u32::try_from(h.uid()?).context("uid out of range")?;
     let gid = u32::try_from(h.gid()?).context("gid out of range")?;
     let mtime = i64::try_from(h.mtime()?).unwrap_or(0);
-    let link = || -> Result<String> {
-        Ok(entry_link(entry)?.context("link without a target")?)
-    };
+    let link = || -> Result<String> { Ok(entry_link(entry)?.context("link without a target")?) };
     let kind = match h.entry_type() {
         EntryType::Directory => Kind::Dir,
-        EntryType::Regular | EntryType::Continuous => {
-            Kind::File(Content::Base { offset: entry.raw_file_position(), len: entry.size() })
-        }
+        EntryType::Regular | EntryType::Continuous => Kind::File(Content::Base {
+            offset: entry.raw_file_position(),
+            len: entry.size(),
+        }),
         EntryType::Symlink => Kind::Symlink(link()?),
         EntryType::Link => Kind::Hardlink(clean(&link()?)),
-        EntryType::Char => Kind::Char { major: dev(h.device_major()?), minor: dev(h.device_minor()?) },
-        EntryType::Block => Kind::Block { major: dev(h.device_major()?), minor: dev(h.device_minor()?) },
+        EntryType::Char => Kind::Char {
+            major: dev(h.device_major()?),
+            minor: dev(h.device_minor()?),
+        },
+        EntryType::Block => Kind::Block {
+            major: dev(h.device_major()?),
+            minor: dev(h.device_minor()?),
+        },
         EntryType::Fifo => Kind::Fifo,
         other => bail!("unsupported tar entry type {other:?}"),
     };
     let xattrs = xattrs(entry)?;
-    Ok(Entry { kind, mode, uid, gid, mtime, xattrs })
+    Ok(Entry {
+        kind,
+        mode,
+        uid,
+        gid,
+        mtime,
+        xattrs,
+    })
 }
 
 fn entry_link(entry: &tar::Entry<'_, &File>) -> Result<Option<String>> {
-    Ok(entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()))
+    Ok(entry
+        .link_name_bytes()
+        .map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
 fn dev(v: Option<u32>) -> u32 {

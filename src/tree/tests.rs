@@ -27,10 +27,21 @@ fn tar_round_trip_keeps_modes_links_devices_and_xattrs() {
     let (_d2, t2) = reread(&t);
     assert_eq!(t2.get("usr/bin/passwd").unwrap().mode, 0o4755);
     assert!(matches!(&t2.get("bin").unwrap().kind, Kind::Symlink(s) if s == "usr/bin"));
-    assert!(matches!(&t2.get("usr/bin/sh.hardlink").unwrap().kind, Kind::Hardlink(s) if s == "usr/bin/sh"));
-    assert!(matches!(t2.get("dev/null").unwrap().kind, Kind::Char { major: 1, minor: 3 }));
-    assert_eq!(t2.get("usr/bin/ping").unwrap().xattrs["security.capability"], [1, 0, 0, 2, 0, 32, 0, 0]);
-    assert_eq!(t2.read("etc/passwd").unwrap(), t.read("etc/passwd").unwrap());
+    assert!(
+        matches!(&t2.get("usr/bin/sh.hardlink").unwrap().kind, Kind::Hardlink(s) if s == "usr/bin/sh")
+    );
+    assert!(matches!(
+        t2.get("dev/null").unwrap().kind,
+        Kind::Char { major: 1, minor: 3 }
+    ));
+    assert_eq!(
+        t2.get("usr/bin/ping").unwrap().xattrs["security.capability"],
+        [1, 0, 0, 2, 0, 32, 0, 0]
+    );
+    assert_eq!(
+        t2.read("etc/passwd").unwrap(),
+        t.read("etc/passwd").unwrap()
+    );
     assert_eq!(t2.len(), t.len());
 }
 
@@ -50,7 +61,12 @@ fn resolve_follows_relative_and_absolute_symlinks() {
     assert_eq!(t.resolve("etc/os-release").unwrap(), "usr/lib/os-release");
     assert_eq!(t.resolve("bin/sh").unwrap(), "usr/bin/sh");
     t.insert("etc/abs", Entry::symlink("/usr/lib/os-release", 0));
-    assert!(t.read("etc/abs").unwrap().unwrap().starts_with(b"PRETTY_NAME"));
+    assert!(
+        t.read("etc/abs")
+            .unwrap()
+            .unwrap()
+            .starts_with(b"PRETTY_NAME")
+    );
 }
 
 #[test]
@@ -60,7 +76,10 @@ fn insert_creates_parents_and_remove_takes_subtree() {
     assert!(matches!(t.get("a/b").unwrap().kind, Kind::Dir));
     t.insert("a-b", Entry::file(b"y".to_vec(), 0o644, 5));
     assert_eq!(t.remove("a"), 3);
-    assert!(t.get("a-b").is_some(), "a sibling with a similar name survives");
+    assert!(
+        t.get("a-b").is_some(),
+        "a sibling with a similar name survives"
+    );
 }
 
 #[test]
@@ -75,7 +94,13 @@ fn replacing_a_hardlinked_file_keeps_the_link_content() {
 fn normalise_moves_link_content_to_the_first_path_and_clamps_mtime() {
     let mut t = Tree::new();
     t.insert("z", Entry::file(b"data".to_vec(), 0o644, 9_999_999_999));
-    t.insert("a", Entry { kind: Kind::Hardlink("z".into()), ..Entry::file(Vec::new(), 0o644, 1) });
+    t.insert(
+        "a",
+        Entry {
+            kind: Kind::Hardlink("z".into()),
+            ..Entry::file(Vec::new(), 0o644, 1)
+        },
+    );
     t.normalise(1000);
     assert!(matches!(t.get("a").unwrap().kind, Kind::File(_)));
     assert!(matches!(&t.get("z").unwrap().kind, Kind::Hardlink(s) if s == "a"));
@@ -130,15 +155,33 @@ fn overlay_owner_must_exist_in_the_image() {
 #[test]
 fn generate_writes_identity_and_drops_host_and_secret_files() {
     let (_d, mut t) = base_tree();
-    let g = Generated { image_id: "prod", version: "1.2", hostname: "web1", root_partuuid: "r-uuid", esp_partuuid: "e-uuid" };
+    let g = Generated {
+        image_id: "prod",
+        version: "1.2",
+        hostname: "web1",
+        root_partuuid: "r-uuid",
+        esp_partuuid: "e-uuid",
+    };
     generate(&mut t, &g, 7).unwrap();
     assert_eq!(t.read("etc/hostname").unwrap().unwrap(), b"web1\n");
     let osr = String::from_utf8(t.read("etc/os-release").unwrap().unwrap()).unwrap();
-    assert!(osr.contains("ID=debian\nIMAGE_ID=prod\nIMAGE_VERSION=1.2\n"), "{osr}");
-    assert!(matches!(t.get("etc/os-release").unwrap().kind, Kind::Symlink(_)), "symlink kept");
-    assert_eq!(t.read("etc/machine-id").unwrap().unwrap(), b"uninitialized\n");
+    assert!(
+        osr.contains("ID=debian\nIMAGE_ID=prod\nIMAGE_VERSION=1.2\n"),
+        "{osr}"
+    );
+    assert!(
+        matches!(t.get("etc/os-release").unwrap().kind, Kind::Symlink(_)),
+        "symlink kept"
+    );
+    assert_eq!(
+        t.read("etc/machine-id").unwrap().unwrap(),
+        b"uninitialized\n"
+    );
     assert!(t.get("etc/ssh/ssh_host_ed25519_key").is_none());
-    assert!(t.get("etc/systemd/system/ssh.service.wants/imagebuild-ssh-hostkeys.service").is_some());
+    assert!(
+        t.get("etc/systemd/system/ssh.service.wants/imagebuild-ssh-hostkeys.service")
+            .is_some()
+    );
     let fstab = String::from_utf8(t.read("etc/fstab").unwrap().unwrap()).unwrap();
     assert!(fstab.contains("PARTUUID=r-uuid / ext4"));
 }
@@ -148,6 +191,9 @@ fn dpkg_status_lists_only_installed_packages() {
     let (_d, t) = base_tree();
     let p = generate::installed_packages(&t).unwrap();
     assert_eq!(p.len(), 1);
-    assert_eq!((p[0].name.as_str(), p[0].version.as_str()), ("base-files", "13.8"));
+    assert_eq!(
+        (p[0].name.as_str(), p[0].version.as_str()),
+        ("base-files", "13.8")
+    );
     assert_eq!(generate::kernel_versions(&t), ["6.12.0-test"]);
 }

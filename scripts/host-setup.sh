@@ -31,6 +31,7 @@ declare -A want=(
   [zstd]=zstd
   [xz]=xz-utils
   [faketime]=faketime
+  [arch-test]=arch-test
 )
 
 have() { case "$1" in /*) [ -e "$1" ] ;; *) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] ;; esac; }

@@ -27,6 +27,7 @@ pub struct BuildOptions {
 }
 
 /// What a build produced.
+#[derive(Debug)]
 pub struct Built {
     pub dir: PathBuf,
     pub image: PathBuf,

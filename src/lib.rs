@@ -13,6 +13,7 @@ pub mod error;
 pub mod fs;
 pub mod host;
 pub mod ids;
+pub mod inspect;
 pub mod output;
 pub mod profile;
 pub mod progress;

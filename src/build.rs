@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::base::{self, BaseTar};
+use crate::boot;
 use crate::cache::Cache;
 use crate::disk::{self, Layout, Region, Sizing};
 use crate::fs::{ext4, fat};
@@ -19,11 +20,14 @@ use crate::profile::{BaseSpec, DiskSize, Project, Recipe};
 use crate::progress::{Reporter, Timings};
 use crate::size::{Bytes, MIB};
 use crate::tree::{self, Package, Tree};
+use crate::verify::health;
 
 /// Where a build reads and writes.
 pub struct BuildOptions {
     pub out_root: PathBuf,
     pub cache: Cache,
+    /// Boot-test the image before publishing it.
+    pub verify: Option<crate::verify::image::Request>,
 }
 
 /// What a build produced.
@@ -38,6 +42,9 @@ pub struct Built {
     /// Bytes the raw image occupies on disk.
     pub allocated: u64,
     pub disk_size: u64,
+    /// UKI and initramfs sizes, when the image has a kernel.
+    pub uki_size: Option<u64>,
+    pub initramfs_size: Option<u64>,
 }
 
 /// Builds profile `name` of `project`.
@@ -57,7 +64,7 @@ pub fn build(
         recipe.profile,
         recipe.id
     ));
-    let result = run(host, &recipe, opts, &staging, rep);
+    let result = run(host, project, &recipe, opts, &staging, rep);
     host.close_log();
     match result {
         Ok(mut built) => {
@@ -83,6 +90,7 @@ pub fn build(
 
 fn run(
     host: &Host,
+    project: &Project,
     recipe: &Recipe,
     opts: &BuildOptions,
     staging: &Staging,
@@ -103,7 +111,25 @@ fn run(
     })?;
     let packages = tree::installed_packages(&tree)?;
     let kernel = tree::kernel_versions(&tree).pop();
-    let esp_files: Vec<fat::EspFile> = Vec::new();
+    let root_partuuid = ids.root_partuuid.to_string();
+    let boot = t.stage(rep, "boot", |_| {
+        if kernel.is_none() && matches!(recipe.base, BaseSpec::Tarball { .. }) {
+            host.note("boot: the tarball base has no /boot/vmlinuz-*; the ESP stays empty");
+            return Ok((
+                None,
+                "no kernel in the tarball base: ESP left empty".to_string(),
+            ));
+        }
+        let b = boot::make(&tree, recipe, &root_partuuid)?;
+        let summary = format!(
+            "kernel {}, UKI {}, initramfs {}",
+            b.kernel,
+            Bytes(b.uki_size as u64),
+            Bytes(b.initramfs_size as u64)
+        );
+        Ok((Some(b), summary))
+    })?;
+    let esp_files = boot.as_ref().map(|b| b.files.clone()).unwrap_or_default();
     let work = staging.work();
     let rootfs = work.join("rootfs.tar");
     t.stage(rep, "rootfs", |_| {
@@ -169,6 +195,17 @@ fn run(
         );
         Ok((s, summary))
     })?;
+    if let Some(req) = &opts.verify {
+        t.stage(rep, "verify", |_| {
+            let mut req = req.clone();
+            req.log = Some(staging.path(&format!("{}.console.log", recipe.artifact_stem())));
+            let (outcome, log) = crate::verify::image::verify_image(host, project, &image, &req)?;
+            if let Some(e) = crate::verify::image::failure(&outcome, &log) {
+                return Err(e);
+            }
+            Ok(((), outcome.to_string()))
+        })?;
+    }
     let mut sums = vec![(image_name.clone(), sealed.sha256.clone())];
     t.stage(rep, "formats", |_| {
         for f in recipe.formats.iter().filter(|f| *f != "raw") {
@@ -202,6 +239,8 @@ fn run(
         content_bytes: usage.file_bytes,
         allocated: sealed.allocated,
         disk_size: layout.disk_size,
+        uki_size: boot.as_ref().map(|b| b.uki_size as u64),
+        initramfs_size: boot.as_ref().map(|b| b.initramfs_size as u64),
     })
 }
 
@@ -231,6 +270,20 @@ fn make_tree(
         esp_partuuid: &esp,
     };
     tree::generate(&mut tree, &g, recipe.epoch)?;
+    for f in health::image_files(&recipe.image_name, &recipe.version, &recipe.checks) {
+        match f {
+            health::GeneratedFile::File {
+                path,
+                mode,
+                contents,
+            } => {
+                tree.insert(&path, tree::Entry::file(contents, mode, recipe.epoch));
+            }
+            health::GeneratedFile::Symlink { path, target } => {
+                tree.insert(&path, tree::Entry::symlink(&target, recipe.epoch))
+            }
+        }
+    }
     tree.normalise(recipe.epoch);
     s.message("checking ELF architectures");
     tree::check_architecture(&tree, recipe.arch)?;

@@ -52,9 +52,62 @@ pub enum Command {
     Build {
         /// Profile name (profiles/NAME.toml).
         profile: String,
+        /// Boot the image in QEMU and require a clean health report before publishing.
+        #[arg(long)]
+        verify: bool,
+        #[command(flatten)]
+        boot: BootArgs,
+    },
+    /// Boot an image in QEMU (snapshot: the image is not changed) and check its health report.
+    Verify {
+        /// The raw image file.
+        image: PathBuf,
+        #[command(flatten)]
+        boot: BootArgs,
+        /// Keep the console log (IMAGE.console.log) when verify passes too.
+        #[arg(long)]
+        keep_log: bool,
+    },
+    /// Boot a profile's latest image (or an image file) with the console attached.
+    Run {
+        /// Profile name, or the path of a raw image.
+        target: String,
+        #[command(flatten)]
+        boot: BootArgs,
     },
     /// Check that this host has what imagebuild needs, and say how to fix what is missing.
     Doctor,
+}
+
+/// How to boot an image in QEMU.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BootArgs {
+    /// Seconds to wait for the health report (default: the machine's, qemu/ARCH.toml).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Accelerator: auto (KVM if a short probe works, else TCG), kvm or tcg.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    pub accel: String,
+    /// Guest memory in MiB (default: the machine's).
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u32>,
+}
+
+impl BootArgs {
+    fn request(&self, echo: bool) -> crate::verify::image::Request {
+        use crate::verify::Accel;
+        crate::verify::image::Request {
+            accel: match self.accel.as_str() {
+                "kvm" => Accel::Kvm,
+                "tcg" => Accel::Tcg,
+                _ => Accel::Auto,
+            },
+            timeout: self.timeout.map(Duration::from_secs),
+            memory_mib: self.memory,
+            log: None,
+            echo,
+        }
+    }
 }
 
 /// Runs the command line; prints the error once.
@@ -94,7 +147,17 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             print_stdout(&out)
         }
         Command::Show { profile } => print_stdout(&Recipe::load(&project, profile)?.show()),
-        Command::Build { profile } => cmd_build(cli, &project, profile),
+        Command::Build {
+            profile,
+            verify,
+            boot,
+        } => cmd_build(cli, &project, profile, verify.then(|| boot.request(false))),
+        Command::Verify {
+            image,
+            boot,
+            keep_log,
+        } => cmd_verify(cli, &project, image, boot, *keep_log),
+        Command::Run { target, boot } => cmd_run(cli, &project, target, boot),
         Command::Doctor => Ok(crate::doctor::run()),
     }
 }
@@ -107,11 +170,21 @@ fn print_stdout(s: &str) -> Result<ExitCode> {
     }
 }
 
-fn cmd_build(cli: &Cli, project: &Project, profile: &str) -> Result<ExitCode> {
+fn out_root(cli: &Cli, project: &Project) -> PathBuf {
+    cli.out.clone().unwrap_or_else(|| project.root.join("out"))
+}
+
+fn cmd_build(
+    cli: &Cli,
+    project: &Project,
+    profile: &str,
+    verify: Option<crate::verify::image::Request>,
+) -> Result<ExitCode> {
     let host = Host::new(cli.verbose);
     let opts = BuildOptions {
-        out_root: cli.out.clone().unwrap_or_else(|| project.root.join("out")),
+        out_root: out_root(cli, project),
         cache: Cache::new(cli.cache_dir.clone().unwrap_or_else(Cache::default_root)),
+        verify,
     };
     let reporter = reporter(cli);
     let built = build::build(&host, project, profile, &opts, reporter.as_ref())?;
@@ -125,6 +198,69 @@ fn cmd_build(cli: &Cli, project: &Project, profile: &str) -> Result<ExitCode> {
         );
     }
     print_stdout(&format!("{}  {}\n", built.sha256, built.image.display()))
+}
+
+fn cmd_verify(
+    cli: &Cli,
+    project: &Project,
+    image: &std::path::Path,
+    boot: &BootArgs,
+    keep_log: bool,
+) -> Result<ExitCode> {
+    let host = Host::new(cli.verbose);
+    let (outcome, log) =
+        crate::verify::image::verify_image(&host, project, image, &boot.request(cli.verbose))?;
+    if let Some(e) = crate::verify::image::failure(&outcome, &log) {
+        return Err(e);
+    }
+    if !keep_log {
+        let _ = std::fs::remove_file(&log);
+    }
+    if !cli.quiet {
+        eprintln!("{}: {outcome}", image.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_run(cli: &Cli, project: &Project, target: &str, boot: &BootArgs) -> Result<ExitCode> {
+    let host = Host::new(cli.verbose);
+    let image = if std::path::Path::new(target).is_file() {
+        PathBuf::from(target)
+    } else {
+        let recipe = Recipe::load(project, target)?;
+        let p = out_root(cli, project)
+            .join(&recipe.profile)
+            .join(&recipe.version)
+            .join(format!("{}.raw", recipe.artifact_stem()));
+        if !p.is_file() {
+            return Err(crate::error::UserError::invalid(format!(
+                "{} is not built yet ({} is missing)",
+                recipe.profile,
+                p.display()
+            ))
+            .hint(format!("run `imagebuild build {}` first", recipe.profile))
+            .into());
+        }
+        p
+    };
+    let arch = crate::verify::image::image_arch(&image)?;
+    let machine = crate::verify::image::machine_for(project, arch)?;
+    let req = boot.request(true);
+    let mut opts = crate::verify::VerifyOptions::for_machine(
+        &machine,
+        crate::verify::image::default_log(&image),
+    );
+    opts.accel = req.accel;
+    if let Some(m) = req.memory_mib {
+        opts.memory_mib = m;
+    }
+    let runner = |cmd: &mut std::process::Command| host.spawn(cmd);
+    let status = crate::verify::run_interactive(&image, &machine, &opts, &runner)?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn reporter(cli: &Cli) -> Box<dyn Reporter> {

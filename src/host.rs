@@ -115,6 +115,15 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Starts `cmd` (as built by the caller, stdio included) after logging it; for
+    /// long-running programs such as QEMU whose output the caller reads.
+    pub fn spawn(&self, cmd: &mut Command) -> Result<std::process::Child> {
+        self.note(&format!("+ {}", command_line(cmd)));
+        cmd.spawn().map_err(|e| spawn_error(cmd, &e))
+    }
+}
+
 fn program(cmd: &Command) -> String {
     cmd.get_program().to_string_lossy().into_owned()
 }

@@ -25,7 +25,11 @@ struct PartitionReader {
 }
 
 impl ext4_view::Ext4Read for PartitionReader {
-    fn read(&mut self, start_byte: u64, dst: &mut [u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if start_byte + dst.len() as u64 > self.size {
             return Err("read past the end of the partition".into());
         }
@@ -37,12 +41,16 @@ impl ext4_view::Ext4Read for PartitionReader {
 impl Image {
     pub fn open(path: &Path) -> Result<Image> {
         let file = File::open(path).with_context(|| format!("opening image {}", path.display()))?;
-        let partitions = disk::read_partitions(&file).with_context(|| format!("reading {}", path.display()))?;
+        let partitions =
+            disk::read_partitions(&file).with_context(|| format!("reading {}", path.display()))?;
         Ok(Image { file, partitions })
     }
 
     fn find(&self, f: impl Fn(&Region) -> bool, what: &str) -> Result<&Region> {
-        self.partitions.iter().find(|r| f(r)).with_context(|| format!("the image has no {what} partition"))
+        self.partitions
+            .iter()
+            .find(|r| f(r))
+            .with_context(|| format!("the image has no {what} partition"))
     }
 
     pub fn root_region(&self) -> Result<&Region> {
@@ -57,7 +65,11 @@ impl Image {
     /// The root filesystem.
     pub fn root(&self) -> Result<ext4_view::Ext4> {
         let r = self.root_region()?;
-        let reader = PartitionReader { file: self.file.try_clone()?, start: r.start, size: r.size };
+        let reader = PartitionReader {
+            file: self.file.try_clone()?,
+            start: r.start,
+            size: r.size,
+        };
         ext4_view::Ext4::load(Box::new(reader)).context("reading the root filesystem")
     }
 

@@ -4,6 +4,7 @@
 //! `output`. Every external command goes through `host`.
 
 pub mod base;
+pub mod boot;
 pub mod build;
 pub mod cache;
 pub mod cli;
@@ -20,3 +21,4 @@ pub mod progress;
 pub mod size;
 pub mod testing;
 pub mod tree;
+pub mod verify;

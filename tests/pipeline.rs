@@ -28,7 +28,11 @@ impl Fixture {
         let tgz = gz.finish().unwrap();
         std::fs::write(root.join("base.tar.gz"), &tgz).unwrap();
         std::fs::create_dir_all(root.join("overlays/app/etc/app")).unwrap();
-        std::fs::write(root.join("overlays/app/etc/app/secret.conf"), "token = 42\n").unwrap();
+        std::fs::write(
+            root.join("overlays/app/etc/app/secret.conf"),
+            "token = 42\n",
+        )
+        .unwrap();
         std::fs::write(root.join("overlays/app/etc/motd"), "hello\n").unwrap();
         std::fs::create_dir_all(root.join("profiles")).unwrap();
         let profile = format!(
@@ -52,8 +56,18 @@ impl Fixture {
     }
 
     fn build_into(&self, name: &str, out: &str) -> anyhow::Result<Built> {
-        let opts = BuildOptions { out_root: self.root().join(out), cache: Cache::new(self.root().join("cache")) };
-        build(&Host::new(false), &Project::new(self.root()), name, &opts, &Silent)
+        let opts = BuildOptions {
+            out_root: self.root().join(out),
+            cache: Cache::new(self.root().join("cache")),
+            verify: None,
+        };
+        build(
+            &Host::new(false),
+            &Project::new(self.root()),
+            name,
+            &opts,
+            &Silent,
+        )
     }
 
     fn build(&self, name: &str) -> anyhow::Result<Built> {
@@ -64,7 +78,9 @@ impl Fixture {
     fn finished_outputs(&self) -> Vec<PathBuf> {
         let mut found = Vec::new();
         let out = self.root().join("out");
-        let Ok(profiles) = std::fs::read_dir(&out) else { return found };
+        let Ok(profiles) = std::fs::read_dir(&out) else {
+            return found;
+        };
         for p in profiles.flatten() {
             for v in std::fs::read_dir(p.path()).unwrap().flatten() {
                 let name = v.file_name().to_string_lossy().into_owned();
@@ -79,7 +95,11 @@ impl Fixture {
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     text
 }
@@ -96,37 +116,78 @@ fn image_passes_standard_checks_and_reads_back() {
     for f in ["t-1.0.raw", "SHA256SUMS", "manifest.json", "build.log"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
-    run_ok(Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(dir));
+    run_ok(
+        Command::new("sha256sum")
+            .arg("-c")
+            .arg("SHA256SUMS")
+            .current_dir(dir),
+    );
     let verify = run_ok(Command::new("sfdisk").arg("--verify").arg(&built.image));
     assert!(verify.contains("No errors detected"), "{verify}");
 
     let img = Image::open(&built.image).unwrap();
     let root = img.root_region().unwrap().clone();
     let esp = img.esp_region().unwrap().clone();
-    assert_eq!(root.type_guid.to_string().to_uppercase(), "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
+    assert_eq!(
+        root.type_guid.to_string().to_uppercase(),
+        "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+    );
     assert_eq!(root.start % (1 << 20), 0, "1 MiB alignment");
-    run_ok(Command::new("e2fsck").arg("-fn").arg(format!("{}?offset={}", built.image.display(), root.start)));
+    run_ok(Command::new("e2fsck").arg("-fn").arg(format!(
+        "{}?offset={}",
+        built.image.display(),
+        root.start
+    )));
     let esp_copy = fx.root().join("esp.img");
     let bytes = std::fs::read(&built.image).unwrap();
-    std::fs::write(&esp_copy, &bytes[esp.start as usize..(esp.start + esp.size) as usize]).unwrap();
+    std::fs::write(
+        &esp_copy,
+        &bytes[esp.start as usize..(esp.start + esp.size) as usize],
+    )
+    .unwrap();
     run_ok(Command::new("fsck.fat").arg("-n").arg(&esp_copy));
 
     let fs = img.root().unwrap();
     let secret = fs.metadata("/etc/app/secret.conf").unwrap();
-    assert_eq!((secret.mode(), secret.uid(), secret.gid()), (0o640, 0, 33), "owner and mode from the profile");
-    assert_eq!(fs.read_to_string("/etc/app/secret.conf").unwrap(), "token = 42\n");
-    assert_eq!(fs.metadata("/etc/motd").unwrap().mode(), 0o644, "overlay default mode");
-    assert_eq!(fs.metadata("/usr/bin/passwd").unwrap().mode(), 0o4755, "setuid kept");
+    assert_eq!(
+        (secret.mode(), secret.uid(), secret.gid()),
+        (0o640, 0, 33),
+        "owner and mode from the profile"
+    );
+    assert_eq!(
+        fs.read_to_string("/etc/app/secret.conf").unwrap(),
+        "token = 42\n"
+    );
+    assert_eq!(
+        fs.metadata("/etc/motd").unwrap().mode(),
+        0o644,
+        "overlay default mode"
+    );
+    assert_eq!(
+        fs.metadata("/usr/bin/passwd").unwrap().mode(),
+        0o4755,
+        "setuid kept"
+    );
     assert_eq!(fs.read_link("/bin").unwrap().to_str().unwrap(), "usr/bin");
     let os = fs.read_to_string("/etc/os-release").unwrap();
     assert!(os.contains("IMAGE_ID=test\nIMAGE_VERSION=1.0\n"), "{os}");
     assert_eq!(fs.read_to_string("/etc/hostname").unwrap(), "test\n");
-    assert_eq!(fs.read_to_string("/etc/machine-id").unwrap(), "uninitialized\n");
-    assert!(!fs.exists("/etc/ssh/ssh_host_ed25519_key").unwrap(), "host keys are not shipped");
+    assert_eq!(
+        fs.read_to_string("/etc/machine-id").unwrap(),
+        "uninitialized\n"
+    );
+    assert!(
+        !fs.exists("/etc/ssh/ssh_host_ed25519_key").unwrap(),
+        "host keys are not shipped"
+    );
     let fstab = fs.read_to_string("/etc/fstab").unwrap();
-    assert!(fstab.contains(&format!("PARTUUID={} / ext4", root.uuid)), "{fstab}");
+    assert!(
+        fstab.contains(&format!("PARTUUID={} / ext4", root.uuid)),
+        "{fstab}"
+    );
 
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["image_sha256"], built.sha256);
     assert_eq!(manifest["arch"], "amd64");
     assert_eq!(manifest["packages"][0]["name"], "base-files");
@@ -145,7 +206,14 @@ fn two_builds_are_bit_identical_and_arm64_gets_its_root_type() {
         std::fs::read(b.dir.join("manifest.json")).unwrap()
     );
     let img = Image::open(&a.image).unwrap();
-    assert_eq!(img.root_region().unwrap().type_guid.to_string().to_uppercase(), "B921B045-1DF0-41C3-AF44-4C6F280D3FAE");
+    assert_eq!(
+        img.root_region()
+            .unwrap()
+            .type_guid
+            .to_string()
+            .to_uppercase(),
+        "B921B045-1DF0-41C3-AF44-4C6F280D3FAE"
+    );
 }
 
 #[test]
@@ -161,32 +229,73 @@ fn overlay_change_changes_the_image() {
 fn tarball_checksum_mismatch_stops_before_unpacking() {
     let fx = Fixture::new(Arch::Amd64);
     let text = fx.profile_text();
-    let sha_line = text.lines().find(|l| l.starts_with("sha256")).unwrap().to_string();
-    fx.write_profile("t", &text.replace(&sha_line, &format!("sha256 = \"{}\"", "0".repeat(64))));
+    let sha_line = text
+        .lines()
+        .find(|l| l.starts_with("sha256"))
+        .unwrap()
+        .to_string();
+    fx.write_profile(
+        "t",
+        &text.replace(&sha_line, &format!("sha256 = \"{}\"", "0".repeat(64))),
+    );
     let e = error_text(&fx.build("t").unwrap_err());
-    assert!(e.contains("has sha256") && e.contains("but the profile expects 0000"), "{e}");
-    assert!(!fx.root().join("cache/base").exists() || std::fs::read_dir(fx.root().join("cache/base")).unwrap().count() == 0);
-    assert!(fx.finished_outputs().is_empty(), "{:?}", fx.finished_outputs());
+    assert!(
+        e.contains("has sha256") && e.contains("but the profile expects 0000"),
+        "{e}"
+    );
+    assert!(
+        !fx.root().join("cache/base").exists()
+            || std::fs::read_dir(fx.root().join("cache/base"))
+                .unwrap()
+                .count()
+                == 0
+    );
+    assert!(
+        fx.finished_outputs().is_empty(),
+        "{:?}",
+        fx.finished_outputs()
+    );
 }
 
 #[test]
 fn image_size_too_small_gives_both_numbers() {
     let fx = Fixture::new(Arch::Amd64);
-    fx.write_profile("t", &fx.profile_text().replace("esp-size = \"40M\"", "esp-size = \"40M\"\nsize = \"41M\""));
+    fx.write_profile(
+        "t",
+        &fx.profile_text()
+            .replace("esp-size = \"40M\"", "esp-size = \"40M\"\nsize = \"41M\""),
+    );
     let e = error_text(&fx.build("t").unwrap_err());
-    assert!(e.contains("image size 41.0 MiB is too small: the content needs"), "{e}");
+    assert!(
+        e.contains("image size 41.0 MiB is too small: the content needs"),
+        "{e}"
+    );
     assert!(e.contains("set [image] size to at least"), "{e}");
-    assert!(fx.finished_outputs().is_empty(), "{:?}", fx.finished_outputs());
-    assert!(fx.root().join("out/t/1.0.failed.log").is_file(), "the log of the failed build is kept");
+    assert!(
+        fx.finished_outputs().is_empty(),
+        "{:?}",
+        fx.finished_outputs()
+    );
+    assert!(
+        fx.root().join("out/t/1.0.failed.log").is_file(),
+        "the log of the failed build is kept"
+    );
 }
 
 #[test]
 fn foreign_binary_in_overlay_is_named() {
     let fx = Fixture::new(Arch::Arm64);
     std::fs::create_dir_all(fx.root().join("overlays/app/usr/local/bin")).unwrap();
-    std::fs::write(fx.root().join("overlays/app/usr/local/bin/tool"), imagebuild::testing::fake_elf(62)).unwrap();
+    std::fs::write(
+        fx.root().join("overlays/app/usr/local/bin/tool"),
+        imagebuild::testing::fake_elf(62),
+    )
+    .unwrap();
     let e = error_text(&fx.build("t").unwrap_err());
-    assert!(e.contains("/usr/local/bin/tool (X86_64)") && e.contains("not for arm64"), "{e}");
+    assert!(
+        e.contains("/usr/local/bin/tool (X86_64)") && e.contains("not for arm64"),
+        "{e}"
+    );
     assert!(fx.finished_outputs().is_empty());
 }
 
@@ -195,7 +304,10 @@ fn missing_overlay_directory_fails_before_anything_is_written() {
     let fx = Fixture::new(Arch::Amd64);
     std::fs::remove_dir_all(fx.root().join("overlays/app")).unwrap();
     let e = error_text(&fx.build("t").unwrap_err());
-    assert!(e.contains("profiles/t.toml:12: overlay directory overlays/app does not exist"), "{e}");
+    assert!(
+        e.contains("profiles/t.toml:12: overlay directory overlays/app does not exist"),
+        "{e}"
+    );
     assert!(!fx.root().join("out").exists(), "nothing under out/");
 }
 
@@ -206,6 +318,14 @@ fn rebuild_replaces_the_published_version_atomically() {
     std::fs::write(fx.root().join("overlays/app/etc/motd"), "v2\n").unwrap();
     let b = fx.build("t").unwrap();
     assert_eq!(a.dir, b.dir);
-    let entries: Vec<_> = std::fs::read_dir(fx.root().join("out/t")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(entries, ["1.0"], "no staging or old directories left: {entries:?}");
+    let entries: Vec<_> = std::fs::read_dir(fx.root().join("out/t"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        entries,
+        ["1.0"],
+        "no staging or old directories left: {entries:?}"
+    );
 }

@@ -61,12 +61,18 @@ pub fn produce(host: &Host, cache: &Cache, recipe: &Recipe, stage: &dyn Stage) -
         Some(m) => m.clone(),
         None => super::mirror::host_mirror()?,
     };
+    let mut packages = packages.clone();
+    for p in crate::boot::BOOT_PACKAGES {
+        if !packages.iter().any(|x| x == p) {
+            packages.push((*p).to_string());
+        }
+    }
     let p = Params {
         suite,
         variant,
         components,
         mirror,
-        packages,
+        packages: &packages,
         arch: recipe.arch,
         epoch: recipe.epoch,
     };

@@ -266,7 +266,7 @@ pub struct Recipe {
     pub remove: Vec<String>,
     pub cmdline: Vec<String>,
     pub modules: Vec<String>,
-    pub checks: Vec<Table>,
+    pub checks: Vec<crate::verify::health::Check>,
     pub merged: Merged,
 }
 
@@ -341,7 +341,7 @@ impl Recipe {
             remove: p.files.remove.clone(),
             cmdline: p.boot.cmdline.clone(),
             modules: p.boot.modules.clone(),
-            checks: p.verify.check.clone(),
+            checks: parse_checks(&merged, &p.verify.check)?,
             merged,
         })
     }
@@ -379,6 +379,19 @@ fn check_version(m: &Merged, v: &str) -> Result<()> {
     ))
     .hint("use letters, digits and . _ + ~ only, e.g. 2026.11.1")
     .into())
+}
+
+fn parse_checks(m: &Merged, tables: &[Table]) -> Result<Vec<crate::verify::health::Check>> {
+    tables
+        .iter()
+        .map(|t| {
+            toml::Value::Table(t.clone()).try_into().map_err(|e: toml::de::Error| {
+                UserError::invalid(format!("{}: [[verify.check]]: {}", m.locate("[[verify.check]]"), e.message().trim()))
+                    .hint("a check is one of: unit = \"x.service\", tcp = PORT, command = \"...\", http = \"http://localhost:PORT/path\"")
+                    .into()
+            })
+        })
+        .collect()
 }
 
 fn parse_size(m: &Merged, s: &str) -> Result<Bytes> {

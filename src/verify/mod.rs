@@ -1,0 +1,353 @@
+//! Boot verification: boot an image in QEMU with UEFI firmware, read its serial console, and
+//! judge it by the health line the image prints ([`health`]).
+//!
+//! Every QEMU process goes through a `runner`: these functions build the [`Command`] (for
+//! [`verify`] and the KVM probe: stdin null, stdout and stderr piped) and hand it to the
+//! runner, which spawns it. In imagebuild the runner is the one wrapper for external
+//! commands that logs each command line; tests pass `|c| Ok(c.spawn()?)`.
+
+pub mod console;
+pub mod health;
+pub mod image;
+pub mod qemu;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use console::{ConsoleLog, Event, Framing, Sign, Source};
+pub use health::{
+    Check, CheckKind, CheckResult, GeneratedFile, HealthReport, image_files, parse_health_line,
+};
+pub use qemu::{Accel, Accelerator, Arch, DiskInterface, KVM_PROBE_TIMEOUT, Machine, probe_kvm};
+use qemu::{ConsoleMode, Launch};
+
+/// Spawns a command built here (see the module documentation).
+pub type Runner<'a> = &'a dyn Fn(&mut Command) -> Result<Child>;
+
+/// After a failure line, how long to keep reading (a panic's trace follows its first line).
+const LINGER: Duration = Duration::from_millis(1500);
+/// After QEMU is stopped, how long to wait for its last output.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// How to run a verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyOptions {
+    /// From starting QEMU to the health line.
+    pub timeout: Duration,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    /// The console log, created or truncated by each run.
+    pub log_path: PathBuf,
+    /// Also show the console on stderr as it arrives (a person is watching).
+    pub interactive: bool,
+}
+
+impl VerifyOptions {
+    /// The machine's defaults: its timeout and memory, `Accel::Auto`, no echo.
+    pub fn for_machine(machine: &Machine, log_path: impl Into<PathBuf>) -> VerifyOptions {
+        VerifyOptions {
+            timeout: Duration::from_secs(machine.timeout_secs),
+            accel: Accel::Auto,
+            memory_mib: machine.memory_mib,
+            log_path: log_path.into(),
+            interactive: false,
+        }
+    }
+}
+
+/// The verdict on one boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The health line arrived, nothing failed and every check passed; the time is from
+    /// starting QEMU to the health line.
+    Pass(HealthReport, Duration),
+    /// `log_tail` holds the last 30 lines of the console log.
+    Fail {
+        reason: FailReason,
+        log_tail: String,
+    },
+}
+
+/// Why a boot failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailReason {
+    /// No health line within the timeout.
+    Timeout(Duration),
+    /// The console line holding `Kernel panic - not syncing`.
+    KernelPanic(String),
+    /// The imagebuild initramfs's line saying the root device was not found.
+    RootNotFound(String),
+    /// QEMU's message saying KVM cannot run the guest (use TCG).
+    AccelError(String),
+    /// Units that still had a job when the health script stopped waiting.
+    Unsettled(Vec<String>),
+    FailedUnits(Vec<String>),
+    /// `label (detail)` of each failing check.
+    FailedChecks(Vec<String>),
+    /// QEMU exited before the health line (the guest powered off or rebooted, or QEMU failed).
+    QemuExited(ExitStatus),
+}
+
+impl fmt::Display for FailReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailReason::Timeout(limit) => {
+                write!(f, "no health report within {} s", limit.as_secs())
+            }
+            FailReason::KernelPanic(line) => write!(f, "kernel panic: {line}"),
+            FailReason::RootNotFound(line) => write!(f, "root device not found: {line}"),
+            FailReason::AccelError(line) => write!(f, "KVM cannot run the guest (try TCG): {line}"),
+            FailReason::Unsettled(units) => write!(f, "units still starting: {}", units.join(", ")),
+            FailReason::FailedUnits(units) => write!(f, "failed units: {}", units.join(", ")),
+            FailReason::FailedChecks(checks) => write!(f, "failed checks: {}", checks.join(", ")),
+            FailReason::QemuExited(status) => {
+                write!(f, "qemu exited before the health report ({status})")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Pass(_, elapsed) => write!(f, "pass after {:.1} s", elapsed.as_secs_f64()),
+            Outcome::Fail { reason, .. } => write!(f, "fail: {reason}"),
+        }
+    }
+}
+
+/// What is wrong with a boot according to its report, or None if it passes: failed units
+/// first, then failing checks, then units that never finished starting.
+pub fn judge(report: &HealthReport) -> Option<FailReason> {
+    let failed_checks: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|check| !check.ok)
+        .map(|check| format!("{} ({})", check.check, check.detail))
+        .collect();
+    if !report.failed_units.is_empty() {
+        Some(FailReason::FailedUnits(report.failed_units.clone()))
+    } else if !failed_checks.is_empty() {
+        Some(FailReason::FailedChecks(failed_checks))
+    } else if !report.pending_jobs.is_empty() {
+        Some(FailReason::Unsettled(report.pending_jobs.clone()))
+    } else {
+        None
+    }
+}
+
+/// Boots `image` on `machine` and judges it by its health line. The image is attached with
+/// `snapshot=on` and never changes. The console goes to `opts.log_path` as it arrives; QEMU
+/// is killed as soon as the health line or a failure (kernel panic, root device not found,
+/// KVM error) is seen, or at the timeout. Errors are for what prevents a run (no image, no
+/// firmware, QEMU not starting, the log not writable); a bad boot is an [`Outcome::Fail`].
+pub fn verify(
+    image: &Path,
+    machine: &Machine,
+    opts: &VerifyOptions,
+    runner: Runner,
+) -> Result<Outcome> {
+    std::fs::metadata(image).with_context(|| format!("reading image {}", image.display()))?;
+    let firmware = machine.firmware()?;
+    let accel = opts.accel.resolve(machine, runner);
+    let vars = firmware.vars_copy()?;
+    let launch = Launch {
+        image: Some(image),
+        firmware_code: &firmware.code,
+        firmware_vars: vars.path(),
+        accel,
+        memory_mib: opts.memory_mib,
+        console: ConsoleMode::Captured,
+    };
+    let mut command = machine.command(&launch);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut log = ConsoleLog::create(&opts.log_path, opts.interactive)?;
+    log.note(&format!(
+        "imagebuild verify {} ({}, {accel})",
+        image.display(),
+        machine.arch
+    ))?;
+    log.note_command(&command)?;
+
+    let started = Instant::now();
+    let mut child = runner(&mut command).with_context(|| format!("starting {}", machine.binary))?;
+    let events = console::spawn_readers(&mut child, Framing::Lines)?;
+    let end = watch(&events, &mut log, started, started + opts.timeout);
+    let status = console::stop(&mut child)?;
+    console::drain(&events, &mut log, DRAIN_GRACE)?;
+    let outcome = end?.outcome(status, opts.timeout, log.tail());
+    log.note(&format!("outcome: {outcome}"))?;
+    Ok(outcome)
+}
+
+/// `imagebuild run`: the same command line as [`verify`] (snapshot disk, same firmware and
+/// accelerator choice), but the console is the terminal (stdin, stdout and stderr inherited;
+/// Ctrl-A x quits, Ctrl-A c is QEMU's monitor) and nothing is judged. Uses `opts.accel` and
+/// `opts.memory_mib`. Returns QEMU's exit status.
+pub fn run_interactive(
+    image: &Path,
+    machine: &Machine,
+    opts: &VerifyOptions,
+    runner: Runner,
+) -> Result<ExitStatus> {
+    std::fs::metadata(image).with_context(|| format!("reading image {}", image.display()))?;
+    let firmware = machine.firmware()?;
+    let accel = opts.accel.resolve(machine, runner);
+    let vars = firmware.vars_copy()?;
+    let launch = Launch {
+        image: Some(image),
+        firmware_code: &firmware.code,
+        firmware_vars: vars.path(),
+        accel,
+        memory_mib: opts.memory_mib,
+        console: ConsoleMode::Terminal,
+    };
+    let mut command = machine.command(&launch);
+    command
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    let mut child = runner(&mut command).with_context(|| format!("starting {}", machine.binary))?;
+    child
+        .wait()
+        .with_context(|| format!("waiting for {}", machine.binary))
+}
+
+/// How watching the console ended.
+enum End {
+    Health(HealthReport, Duration),
+    Failed(FailReason),
+    Exited,
+    TimedOut,
+}
+
+impl End {
+    fn outcome(self, status: ExitStatus, timeout: Duration, log_tail: String) -> Outcome {
+        let reason = match self {
+            End::Health(report, elapsed) => match judge(&report) {
+                None => return Outcome::Pass(report, elapsed),
+                Some(reason) => reason,
+            },
+            End::Failed(reason) => reason,
+            End::Exited => FailReason::QemuExited(status),
+            End::TimedOut => FailReason::Timeout(timeout),
+        };
+        Outcome::Fail { reason, log_tail }
+    }
+}
+
+/// Records console lines until one decides the run, QEMU closes its console, or `deadline`.
+fn watch(
+    events: &Receiver<Event>,
+    log: &mut ConsoleLog,
+    started: Instant,
+    deadline: Instant,
+) -> Result<End> {
+    while let Some(event) = console::next_event(events, deadline) {
+        let (source, line) = match event {
+            Event::Line(source, line) => (source, line),
+            Event::Closed(Source::Console) => return Ok(End::Exited),
+            Event::Closed(Source::Qemu) => continue,
+        };
+        log.record(source, &line)?;
+        match console::recognise(source, &line) {
+            Some(Sign::Health(report)) => return Ok(End::Health(report, started.elapsed())),
+            Some(Sign::Failure(reason)) => {
+                linger(events, log, deadline)?;
+                return Ok(End::Failed(reason));
+            }
+            None => {}
+        }
+    }
+    Ok(End::TimedOut)
+}
+
+/// Keeps recording for a moment after a failure line, so the log holds what explains it.
+fn linger(events: &Receiver<Event>, log: &mut ConsoleLog, deadline: Instant) -> Result<()> {
+    let until = deadline.min(Instant::now() + LINGER);
+    while let Some(Event::Line(source, line)) = console::next_event(events, until) {
+        log.record(source, &line)?;
+        if line.contains("---[ end Kernel panic") {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(failed_units: &[&str], checks: &[(&str, bool)]) -> HealthReport {
+        HealthReport {
+            image: "prod".into(),
+            version: "1".into(),
+            pending_jobs: Vec::new(),
+            failed_units: failed_units.iter().map(|u| (*u).to_owned()).collect(),
+            checks: checks
+                .iter()
+                .map(|(check, ok)| CheckResult {
+                    check: (*check).into(),
+                    ok: *ok,
+                    detail: "seen".into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_clean_report_passes() {
+        assert_eq!(judge(&report(&[], &[("tcp 22", true)])), None);
+    }
+
+    #[test]
+    fn failed_units_fail() {
+        let reason = judge(&report(&["x.service"], &[("tcp 22", false)]));
+        assert_eq!(
+            reason,
+            Some(FailReason::FailedUnits(vec!["x.service".into()]))
+        );
+    }
+
+    #[test]
+    fn failing_checks_fail() {
+        let reason = judge(&report(
+            &[],
+            &[("tcp 22", true), ("unit ssh.service", false)],
+        ));
+        assert_eq!(
+            reason,
+            Some(FailReason::FailedChecks(vec![
+                "unit ssh.service (seen)".into()
+            ]))
+        );
+    }
+
+    #[test]
+    fn pending_jobs_fail() {
+        let mut unsettled = report(&[], &[]);
+        unsettled.pending_jobs = vec!["slow.service".into()];
+        assert_eq!(
+            judge(&unsettled),
+            Some(FailReason::Unsettled(vec!["slow.service".into()]))
+        );
+    }
+
+    #[test]
+    fn reasons_read_well() {
+        let reason = FailReason::FailedUnits(vec!["a.service".into(), "b.service".into()]);
+        assert_eq!(reason.to_string(), "failed units: a.service, b.service");
+        assert_eq!(
+            FailReason::Timeout(Duration::from_secs(2)).to_string(),
+            "no health report within 2 s"
+        );
+    }
+}

@@ -31,7 +31,7 @@ pub struct BuildOptions {
 }
 
 /// What a build produced.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct Built {
     pub dir: PathBuf,
     pub image: PathBuf,
@@ -45,6 +45,8 @@ pub struct Built {
     /// UKI and initramfs sizes, when the image has a kernel.
     pub uki_size: Option<u64>,
     pub initramfs_size: Option<u64>,
+    /// Seconds from starting QEMU to the health report, with --verify.
+    pub health_seconds: Option<f64>,
 }
 
 /// Builds profile `name` of `project`.
@@ -195,15 +197,20 @@ fn run(
         );
         Ok((s, summary))
     })?;
+    let mut health_seconds = None;
     if let Some(req) = &opts.verify {
-        t.stage(rep, "verify", |_| {
+        health_seconds = t.stage(rep, "verify", |_| {
             let mut req = req.clone();
             req.log = Some(staging.path(&format!("{}.console.log", recipe.artifact_stem())));
             let (outcome, log) = crate::verify::image::verify_image(host, project, &image, &req)?;
             if let Some(e) = crate::verify::image::failure(&outcome, &log) {
                 return Err(e);
             }
-            Ok(((), outcome.to_string()))
+            let secs = match &outcome {
+                crate::verify::Outcome::Pass(_, took) => Some(took.as_secs_f64()),
+                crate::verify::Outcome::Fail { .. } => None,
+            };
+            Ok((secs, outcome.to_string()))
         })?;
     }
     let mut sums = vec![(image_name.clone(), sealed.sha256.clone())];
@@ -241,6 +248,7 @@ fn run(
         disk_size: layout.disk_size,
         uki_size: boot.as_ref().map(|b| b.uki_size as u64),
         initramfs_size: boot.as_ref().map(|b| b.initramfs_size as u64),
+        health_seconds,
     })
 }
 

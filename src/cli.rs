@@ -55,6 +55,9 @@ pub enum Command {
         /// Boot the image in QEMU and require a clean health report before publishing.
         #[arg(long)]
         verify: bool,
+        /// Print what was built (paths, sha256, stage timings, sizes) as JSON on stdout.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         boot: BootArgs,
     },
@@ -150,8 +153,15 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Build {
             profile,
             verify,
+            json,
             boot,
-        } => cmd_build(cli, &project, profile, verify.then(|| boot.request(false))),
+        } => cmd_build(
+            cli,
+            &project,
+            profile,
+            verify.then(|| boot.request(false)),
+            *json,
+        ),
         Command::Verify {
             image,
             boot,
@@ -179,6 +189,7 @@ fn cmd_build(
     project: &Project,
     profile: &str,
     verify: Option<crate::verify::image::Request>,
+    json: bool,
 ) -> Result<ExitCode> {
     let host = Host::new(cli.verbose);
     let opts = BuildOptions {
@@ -196,6 +207,9 @@ fn cmd_build(
             Bytes(built.allocated),
             Bytes(built.content_bytes)
         );
+    }
+    if json {
+        return print_stdout(&(serde_json::to_string_pretty(&built)? + "\n"));
     }
     print_stdout(&format!("{}  {}\n", built.sha256, built.image.display()))
 }

@@ -1,6 +1,7 @@
 //! A small synthetic root filesystem, for tests that must not need the network: it has
-//! what the pipeline looks at (passwd, os-release symlink, dpkg status, a kernel, SSH host
-//! keys, a setuid binary, a hard link, a device node, a file capability).
+//! what the pipeline looks at (passwd, os-release symlink, dpkg status, SSH host
+//! keys, a setuid binary, a hard link, a device node, a file capability). It has no
+//! kernel, so images built from it have an empty ESP.
 
 use crate::profile::Arch;
 
@@ -110,14 +111,6 @@ pub fn synthetic_base_tar(arch: Arch) -> Vec<u8> {
         tar::EntryType::Regular,
         0o755,
         &elf,
-        None,
-    );
-    add(
-        &mut b,
-        "boot/vmlinuz-6.12.0-test",
-        tar::EntryType::Regular,
-        0o644,
-        b"not really a kernel",
         None,
     );
     add(&mut b, "var/lib/dpkg/status", tar::EntryType::Regular, 0o644, b"Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 13.8\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n", None);

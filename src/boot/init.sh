@@ -53,9 +53,15 @@ parse_cmdline() {
 	esac
 }
 
+# Filesystem and library modules are always loaded; disk drivers only until the root
+# device shows up (on most machines its driver is built in and none is needed).
 load_modules() {
 	while read -r module; do
 		[ -n "$module" ] || continue
+		case "$module" in
+		kernel/fs/* | kernel/lib/* | kernel/crypto/*) ;;
+		*) find_root >/dev/null && continue ;;
+		esac
 		if ! out=$(insmod "/lib/modules/$KVER/$module" 2>&1); then
 			msg "insmod $module failed (ignored): $out"
 		fi

@@ -81,7 +81,12 @@ fn ssh_host_keys_on_first_boot(tree: &mut Tree, epoch: i64) {
     for k in &keys {
         tree.remove(k);
     }
-    if tree.get("usr/sbin/sshd").is_none() {
+    // Debian 13's openssh-server has its own first-boot unit; older ones need ours.
+    if tree.get("usr/sbin/sshd").is_none()
+        || tree
+            .get("usr/lib/systemd/system/sshd-keygen.service")
+            .is_some()
+    {
         return;
     }
     let unit = "[Unit]\nDescription=Generate SSH host keys on first boot\nBefore=ssh.service\nConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\n\n[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\n\n[Install]\nWantedBy=ssh.service\n";

@@ -1,0 +1,39 @@
+# imagebuild: the two commands a newcomer needs are `make image` and `make test`.
+# Both install what the host lacks first (scripts/host-setup.sh, Debian/Ubuntu, as root).
+
+PROFILE ?= prod-amd64
+CARGO ?= cargo
+BIN := target/release/imagebuild
+# Downloaded packages and bootstrapped bases are kept here between runs.
+export IMAGEBUILD_CACHE ?= $(HOME)/.cache/imagebuild
+
+.PHONY: image test test-fast test-e2e bench setup build doctor clean
+
+setup:
+	@if [ "$$(id -u)" -eq 0 ]; then bash scripts/host-setup.sh; else sudo bash scripts/host-setup.sh; fi
+
+build:
+	$(CARGO) build --release --locked
+
+## Build the default image (PROFILE=prod-amd64), boot-tested before it is published.
+image: setup build
+	$(BIN) build $(PROFILE) --verify
+
+## The whole test suite: fast tests, then real Debian builds and QEMU boots of both arches.
+test: setup test-fast test-e2e
+
+test-fast:
+	$(CARGO) test --locked
+
+test-e2e: build
+	$(CARGO) test --release --locked --test e2e -- --ignored --test-threads=1 --nocapture
+
+## Timings and sizes (prints the numbers the issues ask for).
+bench: setup build
+	bash scripts/bench.sh
+
+doctor: build
+	$(BIN) doctor
+
+clean:
+	rm -rf out target

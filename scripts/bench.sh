@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# make bench: the numbers the issues ask for, measured in one run on this machine.
+#  - prod-amd64: wall seconds per stage, cold cache and warm cache, against a bare
+#    mmdebstrap of the same package set; rebuild after one overlay file changed; peak
+#    memory; allocated image size against the root filesystem's content.
+#  - per architecture: UKI and initramfs size, seconds from QEMU start to the health line;
+#    the cold arm64 build on this host.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=$PWD/target/release/imagebuild
+command -v /usr/bin/time >/dev/null || apt-get install -y -qq --no-install-recommends time >/dev/null
+work=$(mktemp -d "${TMPDIR:-/tmp}/imagebuild-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+cp -a profiles overlays qemu "$work/"
+
+json() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }
+stages() { python3 - "$1" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print("    " + "  ".join(f"{n} {s:.2f}" for n, s in d["timings"]))
+print(f"    total {sum(s for _, s in d['timings']):.2f} s")
+PY
+}
+build() { # build NAME CACHE OUTJSON [extra args]: wall seconds into $secs, peak RSS (KiB) into $rss
+  local name=$1 cache=$2 out=$3; shift 3
+  local t0; t0=$(date +%s.%N)
+  /usr/bin/time -f %M -o "$work/rss" "$BIN" -q -C "$work" --out "$work/out" --cache-dir "$cache" build "$name" --json "$@" >"$out"
+  secs=$(awk "BEGIN{print $(date +%s.%N) - $t0}")
+  rss=$(cat "$work/rss")
+}
+
+# The package set imagebuild asks mmdebstrap for, for the bare comparison.
+pkgs=$("$BIN" -C "$work" show prod-amd64 | python3 -c "import sys,tomllib; print(','.join(tomllib.loads(sys.stdin.read())['packages']['include']+['systemd-boot-efi','busybox-static']))")
+mirror=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | grep -v security | awk '{print $2}' | head -n1)
+[ -n "$mirror" ] || mirror=$(grep -hs '^deb ' /etc/apt/sources.list | grep -v security | awk '{print $2}' | head -n1)
+
+echo "== prod-amd64 =="
+t0=$(date +%s.%N)
+SOURCE_DATE_EPOCH=1767225600 INITRD=No mmdebstrap --quiet --variant=minbase --architectures=amd64 \
+  --include="$pkgs" trixie "$work/bare.tar" "deb $mirror trixie main" >/dev/null 2>&1
+bare=$(awk "BEGIN{print $(date +%s.%N) - $t0}")
+printf '  bare mmdebstrap (same packages, cold)  %6.1f s\n' "$bare"
+
+build prod-amd64 "$work/cache-cold" "$work/cold.json"
+cold=$secs
+printf '  imagebuild cold cache                  %6.1f s  (%.2fx bare; target <= 1.15x)   peak RSS %d MiB\n' "$cold" "$(awk "BEGIN{print $cold / $bare}")" $((rss / 1024))
+stages "$work/cold.json"
+build prod-amd64 "$work/cache-cold" "$work/warm.json"
+printf '  imagebuild warm cache, no change       %6.1f s   peak RSS %d MiB\n' "$secs" $((rss / 1024))
+stages "$work/warm.json"
+echo "# changed" >> "$work/overlays/prod/etc/motd"
+build prod-amd64 "$work/cache-cold" "$work/overlay.json"
+printf '  rebuild after one overlay file changed %6.1f s  (target <= 3 s)   peak RSS %d MiB (target <= 500)\n' "$secs" $((rss / 1024))
+stages "$work/overlay.json"
+alloc=$(json "$work/overlay.json" 'd["allocated"]')
+content=$(json "$work/overlay.json" 'd["content_bytes"]')
+printf '  image allocated %d MiB, root content %d MiB: %.2fx (target <= 1.2x)\n' $((alloc >> 20)) $((content >> 20)) "$(awk "BEGIN{print $alloc / $content}")"
+
+for arch in amd64 arm64; do
+  echo "== prod-$arch: boot =="
+  if [ $arch = arm64 ]; then
+    build prod-arm64 "$work/cache-cold" "$work/arm64.json" --verify
+    printf '  cold arm64 build + verify on this host %6.1f s (build alone: %.1f s; target <= 130 s)\n' "$secs" \
+      "$(json "$work/arm64.json" 'sum(s for n, s in d["timings"] if n != "verify")')"
+    f=$work/arm64.json
+  else
+    build prod-amd64 "$work/cache-cold" "$work/amd64v.json" --verify
+    f=$work/amd64v.json
+  fi
+  printf '  UKI %.1f MiB (target <= 20), initramfs %.1f MiB\n' "$(json "$f" 'd["uki_size"]/2**20')" "$(json "$f" 'd["initramfs_size"]/2**20')"
+  printf '  QEMU start to health line (TCG) %.1f s\n' "$(json "$f" 'd["health_seconds"]')"
+done

@@ -333,3 +333,28 @@ fn corrupt_initramfs(image: &Path) {
     bytes[at..at + 4096].fill(0xA5);
     std::fs::write(image, bytes).unwrap();
 }
+
+#[test]
+#[ignore = "end-to-end: QEMU boot of an image written to a larger disk (make test)"]
+fn image_on_a_larger_disk_grows_its_root() {
+    // The check passes only when the root filesystem spans 90% of the disk it booted from.
+    let check = "test $(df -B1 --output=size / | tail -n1) -gt $(( $(cat /sys/block/nvme0n1/size) * 512 * 9 / 10 ))";
+    let project = scratch_project(&[(
+        "grow",
+        &format!("extends = [\"prod-amd64\"]\n[[verify.check]]\ncommand = '{check}'\n"),
+    )]);
+    let image = build_plain(project.path(), "grow");
+    let big = project.path().join("big.raw");
+    std::fs::copy(&image, &big).unwrap();
+    run_ok(
+        Command::new("qemu-img")
+            .args(["resize", "-f", "raw"])
+            .arg(&big)
+            .arg("3G"),
+    );
+    ok(&imagebuild(
+        project.path(),
+        &project.path().join("out"),
+        &["verify", "--timeout", "300", big.to_str().unwrap()],
+    ));
+}

@@ -12,8 +12,9 @@ use crate::profile::{Arch, Recipe};
 use crate::tree::{Kind, Tree};
 use modules::RootView;
 
-/// Packages every bootable Debian image gets: the UKI stub and the initramfs's busybox.
-pub const BOOT_PACKAGES: &[&str] = &["systemd-boot-efi", "busybox-static"];
+/// Packages every bootable Debian image gets: the UKI stub, the initramfs's busybox, and
+/// systemd-repart, which grows the root partition to fill the disk on first boot.
+pub const BOOT_PACKAGES: &[&str] = &["systemd-boot-efi", "busybox-static", "systemd-repart"];
 
 /// Modules for finding the root disk on QEMU and the common clouds (built-in ones are skipped).
 const ROOT_DISK_MODULES: &[&str] = &[

@@ -37,11 +37,18 @@ pub fn generate(tree: &mut Tree, g: &Generated<'_>, epoch: i64) -> Result<()> {
     write_os_release(tree, g, epoch)?;
     tree.insert("boot/efi", Entry::dir(0o755, epoch));
     let fstab = format!(
-        "# written by imagebuild\nPARTUUID={} / ext4 rw,relatime,errors=remount-ro 0 1\nPARTUUID={} /boot/efi vfat umask=0077,nofail 0 2\n",
+        "# written by imagebuild\nPARTUUID={} / ext4 rw,relatime,errors=remount-ro,x-systemd.growfs 0 1\nPARTUUID={} /boot/efi vfat umask=0077,nofail 0 2\n",
         g.root_partuuid, g.esp_partuuid
     );
     tree.insert("etc/fstab", Entry::file(fstab.into_bytes(), 0o644, epoch));
     ssh_host_keys_on_first_boot(tree, epoch);
+    // On a disk larger than the image, systemd-repart grows the root partition (the last
+    // one) and x-systemd.growfs in fstab grows the filesystem, on first boot.
+    let repart = "# written by imagebuild: grow the root partition to fill the disk\n[Partition]\nType=root\n";
+    tree.insert(
+        "usr/lib/repart.d/50-root.conf",
+        Entry::file(repart.as_bytes().to_vec(), 0o644, epoch),
+    );
     Ok(())
 }
 

@@ -189,13 +189,23 @@ fn generate_writes_identity_and_drops_host_and_secret_files() {
 #[test]
 fn dpkg_status_lists_only_installed_packages() {
     let (_d, mut t) = base_tree();
-    t.insert("boot/vmlinuz-6.12.9-cloud", Entry::file(b"k".to_vec(), 0o644, 0));
-    t.insert("boot/vmlinuz-6.12.10-cloud", Entry::file(b"k".to_vec(), 0o644, 0));
+    t.insert(
+        "boot/vmlinuz-6.12.9-cloud",
+        Entry::file(b"k".to_vec(), 0o644, 0),
+    );
+    t.insert(
+        "boot/vmlinuz-6.12.10-cloud",
+        Entry::file(b"k".to_vec(), 0o644, 0),
+    );
     let p = generate::installed_packages(&t).unwrap();
     assert_eq!(p.len(), 1);
     assert_eq!(
         (p[0].name.as_str(), p[0].version.as_str()),
         ("base-files", "13.8")
     );
-    assert_eq!(generate::kernel_versions(&t), ["6.12.9-cloud", "6.12.10-cloud"], "newest last");
+    assert_eq!(
+        generate::kernel_versions(&t),
+        ["6.12.9-cloud", "6.12.10-cloud"],
+        "newest last"
+    );
 }

@@ -22,8 +22,9 @@ image: setup build
 ## The whole test suite: fast tests, then real Debian builds and QEMU boots of both arches.
 test: setup test-fast test-e2e
 
+# Release profile for both tiers, so the crates compile once.
 test-fast:
-	$(CARGO) test --locked
+	$(CARGO) test --release --locked --lib --bins --test pipeline --test health_script --test verify_fake_qemu
 
 test-e2e: build
 	$(CARGO) test --release --locked --test e2e -- --ignored --test-threads=1 --nocapture

@@ -105,7 +105,8 @@ fn check() -> Vec<Need> {
 /// mke2fs must be >= 1.47.1 to read a tar file with -d.
 fn mke2fs_version() -> Need {
     let what = "mke2fs >= 1.47.1";
-    let out = which("mke2fs").and_then(|p| Command::new(p).arg("-V").output().ok());
+    let host = crate::host::Host::new(false);
+    let out = which("mke2fs").and_then(|p| host.run(Command::new(p).arg("-V")).ok());
     let Some(out) = out else {
         return Need {
             what,

@@ -152,19 +152,7 @@ pub fn verify(
     opts: &VerifyOptions,
     runner: Runner,
 ) -> Result<Outcome> {
-    std::fs::metadata(image).with_context(|| format!("reading image {}", image.display()))?;
-    let firmware = machine.firmware()?;
-    let accel = opts.accel.resolve(machine, runner);
-    let vars = firmware.vars_copy()?;
-    let launch = Launch {
-        image: Some(image),
-        firmware_code: &firmware.code,
-        firmware_vars: vars.path(),
-        accel,
-        memory_mib: opts.memory_mib,
-        console: ConsoleMode::Captured,
-    };
-    let mut command = machine.command(&launch);
+    let (mut command, accel, _vars) = prepare(image, machine, opts, runner, ConsoleMode::Captured)?;
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -198,6 +186,27 @@ pub fn run_interactive(
     opts: &VerifyOptions,
     runner: Runner,
 ) -> Result<ExitStatus> {
+    let (mut command, _accel, _vars) =
+        prepare(image, machine, opts, runner, ConsoleMode::Terminal)?;
+    command
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    let mut child = runner(&mut command).with_context(|| format!("starting {}", machine.binary))?;
+    child
+        .wait()
+        .with_context(|| format!("waiting for {}", machine.binary))
+}
+
+/// The QEMU command line for booting `image`, the accelerator chosen, and the private
+/// firmware variables file (which must live as long as QEMU runs).
+fn prepare(
+    image: &Path,
+    machine: &Machine,
+    opts: &VerifyOptions,
+    runner: Runner,
+    console: ConsoleMode,
+) -> Result<(Command, Accelerator, tempfile::NamedTempFile)> {
     std::fs::metadata(image).with_context(|| format!("reading image {}", image.display()))?;
     let firmware = machine.firmware()?;
     let accel = opts.accel.resolve(machine, runner);
@@ -208,17 +217,9 @@ pub fn run_interactive(
         firmware_vars: vars.path(),
         accel,
         memory_mib: opts.memory_mib,
-        console: ConsoleMode::Terminal,
+        console,
     };
-    let mut command = machine.command(&launch);
-    command
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
-    let mut child = runner(&mut command).with_context(|| format!("starting {}", machine.binary))?;
-    child
-        .wait()
-        .with_context(|| format!("waiting for {}", machine.binary))
+    Ok((machine.command(&launch), accel, vars))
 }
 
 /// How watching the console ended.

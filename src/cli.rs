@@ -78,6 +78,18 @@ pub enum Command {
         #[command(flatten)]
         boot: BootArgs,
     },
+    /// Show what an image holds: partitions, ESP files, UKI sections, kernel, packages,
+    /// files. Reads the image file; needs no root and mounts nothing.
+    Inspect {
+        /// The raw image file.
+        image: PathBuf,
+        /// Print everything (every file with its sha256 too) as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// List every file of the root filesystem.
+        #[arg(long)]
+        files: bool,
+    },
     /// Check that this host has what imagebuild needs, and say how to fix what is missing.
     Doctor,
 }
@@ -168,6 +180,14 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             keep_log,
         } => cmd_verify(cli, &project, image, boot, *keep_log),
         Command::Run { target, boot } => cmd_run(cli, &project, target, boot),
+        Command::Inspect { image, json, files } => {
+            let report = crate::inspect::report::inspect(image)?;
+            if *json {
+                print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))
+            } else {
+                print_stdout(&report.human(*files))
+            }
+        }
         Command::Doctor => Ok(crate::doctor::run()),
     }
 }

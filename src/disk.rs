@@ -150,14 +150,26 @@ fn partition(r: &Region) -> Partition {
     }
 }
 
+/// A partition table read back: the disk GUID and the used partitions, in table order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub disk_guid: Uuid,
+    pub partitions: Vec<Region>,
+}
+
 /// Reads the partitions back (for inspect and tests).
 pub fn read_partitions(file: &File) -> Result<Vec<Region>> {
+    Ok(read_table(file)?.partitions)
+}
+
+/// Reads the GPT back: disk GUID and partitions.
+pub fn read_table(file: &File) -> Result<Table> {
     let disk = gpt::GptConfig::new()
         .writable(false)
         .logical_block_size(LogicalBlockSize::Lb512)
         .open_from_device(file)
         .context("reading the GPT")?;
-    Ok(disk
+    let partitions = disk
         .partitions()
         .values()
         .filter(|p| p.is_used())
@@ -168,7 +180,11 @@ pub fn read_partitions(file: &File) -> Result<Vec<Region>> {
             start: p.first_lba * SECTOR,
             size: (p.last_lba + 1 - p.first_lba) * SECTOR,
         })
-        .collect())
+        .collect();
+    Ok(Table {
+        disk_guid: *disk.guid(),
+        partitions,
+    })
 }
 
 #[cfg(test)]
@@ -204,6 +220,7 @@ mod tests {
         let parts = read_partitions(&f).unwrap();
         assert_eq!(parts, vec![layout.esp.clone(), layout.root.clone()]);
         assert_eq!(parts[1].type_guid, ROOT_ARM64);
+        assert_eq!(read_table(&f).unwrap().disk_guid, ids.disk_guid);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use imagebuild::build::{BuildOptions, Built, build};
 use imagebuild::cache::{Cache, sha256};
 use imagebuild::host::Host;
 use imagebuild::inspect::Image;
+use imagebuild::inspect::report::inspect;
 use imagebuild::profile::{Arch, Project};
 use imagebuild::progress::Silent;
 use imagebuild::testing::synthetic_base_tar;
@@ -328,4 +329,54 @@ fn rebuild_replaces_the_published_version_atomically() {
         ["1.0"],
         "no staging or old directories left: {entries:?}"
     );
+}
+
+#[test]
+fn inspect_lists_partitions_and_the_overlay_file() {
+    let fx = Fixture::new(Arch::Amd64);
+    let built = fx.build("t").unwrap();
+    let r = inspect(&built.image).unwrap();
+    let names: Vec<_> = r.partitions.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["esp", "root-x86-64"]);
+    let secret = r
+        .files
+        .iter()
+        .find(|e| e.path == "/etc/app/secret.conf")
+        .expect("the overlay file is listed");
+    let want_sha = sha256(b"token = 42\n");
+    assert_eq!(
+        (secret.mode.to_string(), secret.uid, secret.gid, secret.size),
+        ("0640".to_string(), 0, 33, 11)
+    );
+    assert_eq!(secret.sha256.as_deref(), Some(want_sha.as_str()));
+    let bin = r.files.iter().find(|e| e.path == "/bin").unwrap();
+    assert_eq!(bin.target.as_deref(), Some("usr/bin"));
+    let names: Vec<_> = r.packages.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["base-files"]);
+    assert!(
+        r.esp.is_empty() && r.boot.is_empty(),
+        "no kernel, empty ESP"
+    );
+
+    let human = r.human(false);
+    assert!(human.contains("\npackages    1\n"), "{human}");
+    assert!(!human.contains("/etc/app/secret.conf"), "{human}");
+    let listing = r.human(true);
+    assert!(
+        listing.contains(&format!(
+            "  file    0640        0:33           11 /etc/app/secret.conf  {want_sha}\n"
+        )),
+        "{listing}"
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    let entry = json["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "/etc/app/secret.conf")
+        .unwrap();
+    assert_eq!(entry["mode"], "0640");
+    assert_eq!(entry["type"], "file");
+    assert_eq!(entry["sha256"], want_sha.as_str());
+    assert_eq!(json["partitions"][1]["name"], "root-x86-64");
 }

@@ -1,5 +1,14 @@
 //! Reading images back without root and without mounting: the GPT (gpt), the ESP (fatfs)
 //! and the root filesystem (ext4-view).
+//!
+//! `Image` opens the pieces; `report` describes one image (`imagebuild inspect`), `diff`
+//! compares two (`imagebuild diff`). `rootfs` walks the root filesystem, `esp` reads the
+//! boot files and `kernel` finds a kernel's version in its bytes.
+
+pub mod esp;
+pub mod kernel;
+pub mod report;
+pub mod rootfs;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -8,12 +17,15 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::disk::{self, ESP_TYPE, Region};
+use crate::error::{Kind, UserError};
 use crate::fs::fat::{self, EspFile};
 use crate::profile::Arch;
+use uuid::Uuid;
 
 /// An image file opened for reading.
 pub struct Image {
     file: File,
+    pub disk_guid: Uuid,
     pub partitions: Vec<Region>,
 }
 
@@ -41,9 +53,16 @@ impl ext4_view::Ext4Read for PartitionReader {
 impl Image {
     pub fn open(path: &Path) -> Result<Image> {
         let file = File::open(path).with_context(|| format!("opening image {}", path.display()))?;
-        let partitions =
-            disk::read_partitions(&file).with_context(|| format!("reading {}", path.display()))?;
-        Ok(Image { file, partitions })
+        let table = disk::read_table(&file).map_err(|e| {
+            let msg = format!("{} is not a GPT disk image ({e:#})", path.display());
+            UserError::new(Kind::Corrupt, msg)
+                .hint("give the .raw image (imagebuild reads raw GPT images, not qcow2)")
+        })?;
+        Ok(Image {
+            file,
+            disk_guid: table.disk_guid,
+            partitions: table.partitions,
+        })
     }
 
     fn find(&self, f: impl Fn(&Region) -> bool, what: &str) -> Result<&Region> {

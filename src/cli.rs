@@ -90,6 +90,18 @@ pub enum Command {
         #[arg(long)]
         files: bool,
     },
+    /// Compare two images: packages, files, partitions, boot. Prints nothing and exits
+    /// 0 when they hold the same things, lists the changes and exits 1 when they differ,
+    /// exits 2 on errors.
+    Diff {
+        /// The older raw image.
+        old: PathBuf,
+        /// The newer raw image.
+        new: PathBuf,
+        /// Print the changes as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that this host has what imagebuild needs, and say how to fix what is missing.
     Doctor,
 }
@@ -125,6 +137,11 @@ impl BootArgs {
     }
 }
 
+/// `imagebuild diff`: the images differ.
+const DIFFERENT: u8 = 1;
+/// `imagebuild diff`: it could not compare them (1 already means "different").
+const DIFF_ERROR: u8 = 2;
+
 /// Runs the command line; prints the error once.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -132,7 +149,11 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             print_error(&e);
-            ExitCode::FAILURE
+            if matches!(cli.command, Command::Diff { .. }) {
+                ExitCode::from(DIFF_ERROR)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -187,6 +208,19 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             } else {
                 print_stdout(&report.human(*files))
             }
+        }
+        Command::Diff { old, new, json } => {
+            let diff = crate::inspect::diff::diff(old, new)?;
+            if *json {
+                print_stdout(&(serde_json::to_string_pretty(&diff)? + "\n"))?;
+            } else {
+                print_stdout(&diff.human())?;
+            }
+            Ok(if diff.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(DIFFERENT)
+            })
         }
         Command::Doctor => Ok(crate::doctor::run()),
     }

@@ -5,8 +5,14 @@
 
 use crate::profile::Arch;
 
-/// Builds the synthetic base as an uncompressed tar.
+/// Builds the synthetic base as an uncompressed tar; dpkg lists base-files 13.8.
 pub fn synthetic_base_tar(arch: Arch) -> Vec<u8> {
+    synthetic_base_tar_with_packages(arch, &[("base-files", "13.8")])
+}
+
+/// The synthetic base with dpkg listing `packages` (name, version) as installed (and one
+/// package removed with its configuration kept, which is not installed).
+pub fn synthetic_base_tar_with_packages(arch: Arch, packages: &[(&str, &str)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let dirs = [
         "boot",
@@ -113,7 +119,14 @@ pub fn synthetic_base_tar(arch: Arch) -> Vec<u8> {
         &elf,
         None,
     );
-    add(&mut b, "var/lib/dpkg/status", tar::EntryType::Regular, 0o644, b"Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 13.8\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n", None);
+    add(
+        &mut b,
+        "var/lib/dpkg/status",
+        tar::EntryType::Regular,
+        0o644,
+        dpkg_status(packages).as_bytes(),
+        None,
+    );
     let mut h = header(tar::EntryType::Char, 0o666);
     h.set_device_major(1).unwrap();
     h.set_device_minor(3).unwrap();
@@ -133,6 +146,19 @@ pub fn synthetic_base_tar(arch: Arch) -> Vec<u8> {
         None,
     );
     b.into_inner().unwrap()
+}
+
+fn dpkg_status(packages: &[(&str, &str)]) -> String {
+    let mut s: String = packages
+        .iter()
+        .map(|(name, version)| {
+            format!(
+                "Package: {name}\nStatus: install ok installed\nArchitecture: amd64\nVersion: {version}\n\n"
+            )
+        })
+        .collect();
+    s.push_str("Package: gone\nStatus: deinstall ok config-files\nVersion: 1\n");
+    s
 }
 
 fn header(t: tar::EntryType, mode: u32) -> tar::Header {
@@ -180,4 +206,26 @@ pub fn fake_elf(machine: u16) -> Vec<u8> {
     h[20] = 1;
     h[52] = 64;
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::generate::parse_dpkg_status;
+
+    #[test]
+    fn dpkg_status_lists_the_packages_as_installed() {
+        let status = dpkg_status(&[("base-files", "13.9"), ("hello", "2.10")]);
+        let got: Vec<_> = parse_dpkg_status(&status)
+            .into_iter()
+            .map(|p| (p.name, p.version))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("base-files".to_string(), "13.9".to_string()),
+                ("hello".to_string(), "2.10".to_string())
+            ]
+        );
+    }
 }

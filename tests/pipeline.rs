@@ -10,10 +10,11 @@ use imagebuild::build::{BuildOptions, Built, build};
 use imagebuild::cache::{Cache, sha256};
 use imagebuild::host::Host;
 use imagebuild::inspect::Image;
+use imagebuild::inspect::diff::{Aspect, diff};
 use imagebuild::inspect::report::inspect;
 use imagebuild::profile::{Arch, Project};
 use imagebuild::progress::Silent;
-use imagebuild::testing::synthetic_base_tar;
+use imagebuild::testing::{synthetic_base_tar, synthetic_base_tar_with_packages};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -24,9 +25,7 @@ impl Fixture {
     fn new(arch: Arch) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&synthetic_base_tar(arch)).unwrap();
-        let tgz = gz.finish().unwrap();
+        let tgz = gzip(&synthetic_base_tar(arch));
         std::fs::write(root.join("base.tar.gz"), &tgz).unwrap();
         std::fs::create_dir_all(root.join("overlays/app/etc/app")).unwrap();
         std::fs::write(
@@ -50,6 +49,16 @@ impl Fixture {
 
     fn write_profile(&self, name: &str, text: &str) {
         std::fs::write(self.root().join(format!("profiles/{name}.toml")), text).unwrap();
+    }
+
+    /// Replaces the base tarball (and its sha256 in profile `t`).
+    fn use_base(&self, tar: &[u8]) {
+        let tgz = gzip(tar);
+        std::fs::write(self.root().join("base.tar.gz"), &tgz).unwrap();
+        let text = self.profile_text();
+        let old = text.lines().find(|l| l.starts_with("sha256")).unwrap();
+        let new = format!("sha256 = \"{}\"", sha256(&tgz));
+        self.write_profile("t", &text.replace(old, &new));
     }
 
     fn profile_text(&self) -> String {
@@ -92,6 +101,12 @@ impl Fixture {
         }
         found
     }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -379,4 +394,124 @@ fn inspect_lists_partitions_and_the_overlay_file() {
     assert_eq!(entry["type"], "file");
     assert_eq!(entry["sha256"], want_sha.as_str());
     assert_eq!(json["partitions"][1]["name"], "root-x86-64");
+}
+
+/// Runs the imagebuild binary; returns (exit code, stdout, stderr).
+fn imagebuild(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_imagebuild"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn diff_reports_exactly_the_changed_overlay_file() {
+    let fx = Fixture::new(Arch::Amd64);
+    let a = fx.build_into("t", "out-a").unwrap();
+    // Same size: the contents are hashed and compared.
+    std::fs::write(fx.root().join("overlays/app/etc/motd"), "HELLO\n").unwrap();
+    let b = fx.build_into("t", "out-b").unwrap();
+    let d = diff(&a.image, &b.image).unwrap();
+    assert!(!d.is_empty());
+    assert!(d.packages.is_empty() && d.partitions.is_empty() && d.boot.is_empty());
+    assert!(d.disk_guid.is_none());
+    let paths: Vec<_> = d.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["/etc/motd"]);
+    assert_eq!(d.files[0].changed, [Aspect::Content]);
+    let (old, new) = (sha256(b"hello\n"), sha256(b"HELLO\n"));
+    assert_eq!(d.files[0].old.as_ref().unwrap().sha256.as_ref(), Some(&old));
+    assert_eq!(d.files[0].new.as_ref().unwrap().sha256.as_ref(), Some(&new));
+    assert_eq!(
+        d.human(),
+        format!(
+            "files\n  ~ /etc/motd  content sha256 {} -> {}\n",
+            &old[..12],
+            &new[..12]
+        )
+    );
+
+    // Another size: a content change without reading the file.
+    std::fs::write(fx.root().join("overlays/app/etc/motd"), "changed\n").unwrap();
+    let c = fx.build_into("t", "out-c").unwrap();
+    let d = diff(&a.image, &c.image).unwrap();
+    assert_eq!(d.human(), "files\n  ~ /etc/motd  content 6 -> 8 bytes\n");
+    assert_eq!(d.files[0].new.as_ref().unwrap().sha256, None);
+
+    // The command: 1 and the listing when they differ, 0 and nothing when they do not.
+    let (code, stdout, stderr) =
+        imagebuild(&["diff".as_ref(), a.image.as_os_str(), c.image.as_os_str()]);
+    assert_eq!((code, stdout.as_str()), (1, d.human().as_str()), "{stderr}");
+    let (code, stdout, stderr) =
+        imagebuild(&["diff".as_ref(), a.image.as_os_str(), a.image.as_os_str()]);
+    assert_eq!((code, stdout.as_str()), (0, ""), "{stderr}");
+    let (code, stdout, _) = imagebuild(&[
+        "diff".as_ref(),
+        "--json".as_ref(),
+        a.image.as_os_str(),
+        c.image.as_os_str(),
+    ]);
+    assert_eq!(code, 1);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["files"][0]["path"], "/etc/motd");
+    assert_eq!(json["files"][0]["changed"][0], "content");
+}
+
+#[test]
+fn diff_of_a_file_that_is_not_an_image_is_one_error() {
+    let fx = Fixture::new(Arch::Amd64);
+    let a = fx.build("t").unwrap();
+    let manifest = a.dir.join("manifest.json");
+    let (code, stdout, stderr) =
+        imagebuild(&["diff".as_ref(), a.image.as_os_str(), manifest.as_os_str()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stdout, "");
+    let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].starts_with(&format!(
+            "error: {} is not a GPT disk image",
+            manifest.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn diff_reports_a_package_version_change() {
+    let fx = Fixture::new(Arch::Amd64);
+    let a = fx.build_into("t", "out-a").unwrap();
+    fx.use_base(&synthetic_base_tar_with_packages(
+        Arch::Amd64,
+        &[("base-files", "13.9"), ("hello", "2.10-3")],
+    ));
+    let b = fx.build_into("t", "out-b").unwrap();
+    let d = diff(&a.image, &b.image).unwrap();
+    let human = d.human();
+    assert!(
+        human.starts_with(
+            "packages\n  ~ base-files 13.8 -> 13.9\n  + hello 2.10-3 (amd64)\nfiles\n"
+        ),
+        "{human}"
+    );
+    assert!(
+        d.files
+            .iter()
+            .any(|f| f.path == "/var/lib/dpkg/status" && f.changed == [Aspect::Content]),
+        "{human}"
+    );
+}
+
+#[test]
+fn identical_images_have_an_empty_diff() {
+    let fx = Fixture::new(Arch::Amd64);
+    let a = fx.build_into("t", "out-a").unwrap();
+    let b = fx.build_into("t", "out-b").unwrap();
+    let d = diff(&a.image, &b.image).unwrap();
+    assert!(d.is_empty(), "{}", d.human());
+    assert_eq!(d.human(), "");
 }

@@ -5,6 +5,7 @@
 //! compares two (`imagebuild diff`). `rootfs` walks the root filesystem, `esp` reads the
 //! boot files and `kernel` finds a kernel's version in its bytes.
 
+pub mod diff;
 pub mod esp;
 pub mod kernel;
 pub mod report;

@@ -123,6 +123,11 @@ impl Entry {
         }
     }
 
+    /// The path as stored (entries sort by it).
+    pub fn raw_path(&self) -> &[u8] {
+        &self.raw
+    }
+
     pub fn is_file(&self) -> bool {
         self.kind == FileKind::File
     }

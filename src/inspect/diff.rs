@@ -483,33 +483,29 @@ fn partition_line(p: &PartitionChange) -> String {
 }
 
 fn boot_line(b: &BootChange) -> String {
-    let sign = match (&b.old, &b.new) {
-        (None, _) => '+',
-        (_, None) => '-',
-        _ => '~',
+    let (path, item) = (&b.path, b.item.as_str());
+    let text = |v: &str| match item {
+        ".cmdline" => format!("{:?}", v.trim_end_matches(['\0', '\n'])),
+        "kernel" => v.to_string(),
+        _ => short(v).to_string(),
     };
-    let value = |v: &Option<String>| -> String {
-        match (v, b.item.as_str()) {
-            (None, _) => "(none)".to_string(),
-            (Some(t), ".cmdline") => format!("{:?}", t.trim_end_matches(['\0', '\n'])),
-            (Some(t), "kernel") => t.clone(),
-            (Some(t), _) => format!("sha256 {}", short(t)),
+    let what = match item {
+        "file" => "",
+        ".cmdline" | "kernel" => " ",
+        _ => " sha256 ",
+    };
+    match (&b.old, &b.new) {
+        _ if item == ".osrel" => format!("~ {path}  .osrel {}", osrel_lines(b)),
+        (None, Some(n)) if item == "file" => format!("+ {path}  sha256 {}", short(n)),
+        (Some(o), None) if item == "file" => format!("- {path}  sha256 {}", short(o)),
+        (None, Some(n)) => format!("~ {path}  {item} added:{what}{}", text(n)),
+        (Some(o), None) => format!("~ {path}  {item} removed (was{what}{})", text(o)),
+        (Some(o), Some(n)) if item == "file" => {
+            format!("~ {path}  sha256 {} -> {}", short(o), short(n))
         }
-    };
-    if b.item == ".osrel" {
-        return format!("{sign} {}  .osrel {}", b.path, osrel_lines(b));
+        (Some(o), Some(n)) => format!("~ {path}  {item}{what}{} -> {}", text(o), text(n)),
+        (None, None) => format!("? {path}  {item}"),
     }
-    if b.item == "file" && sign != '~' {
-        let v = b.old.as_ref().or(b.new.as_ref());
-        return format!("{sign} {}  sha256 {}", b.path, v.map_or("", |s| short(s)));
-    }
-    format!(
-        "{sign} {}  {} {} -> {}",
-        b.path,
-        b.item,
-        value(&b.old),
-        value(&b.new)
-    )
 }
 
 /// The lines an os-release lost and gained: "-IMAGE_VERSION=1.0 +IMAGE_VERSION=1.1".
@@ -644,6 +640,20 @@ mod tests {
             boot_line(&b),
             "~ E  .osrel -IMAGE_VERSION=1.0 +IMAGE_VERSION=1.1"
         );
+        let added = BootChange {
+            path: "E".into(),
+            item: ".initrd".into(),
+            old: None,
+            new: Some("b".repeat(64)),
+        };
+        assert_eq!(boot_line(&added), "~ E  .initrd added: sha256 bbbbbbbbbbbb");
+        let gone = BootChange {
+            path: "E".into(),
+            item: "file".into(),
+            old: Some("a".repeat(64)),
+            new: None,
+        };
+        assert_eq!(boot_line(&gone), "- E  sha256 aaaaaaaaaaaa");
     }
 
     #[test]

@@ -12,12 +12,14 @@ use crate::base::{self, BaseTar};
 use crate::boot;
 use crate::cache::Cache;
 use crate::disk::{self, Layout, Region, Sizing};
+use crate::error::{Kind, UserError};
 use crate::fs::{ext4, fat};
 use crate::host::Host;
 use crate::ids::ImageIds;
 use crate::output::{self, Staging};
 use crate::profile::{BaseSpec, DiskSize, Project, Recipe};
 use crate::progress::{Reporter, Timings};
+use crate::releases::{self, Release};
 use crate::size::{Bytes, MIB};
 use crate::tree::{self, Package, Tree};
 use crate::verify::health;
@@ -28,6 +30,8 @@ pub struct BuildOptions {
     pub cache: Cache,
     /// Boot-test the image before publishing it.
     pub verify: Option<crate::verify::image::Request>,
+    /// Publish only if the image has this sha256 (hex).
+    pub expect_sha256: Option<String>,
 }
 
 /// What a build produced.
@@ -57,6 +61,9 @@ pub fn build(
     opts: &BuildOptions,
     rep: &dyn Reporter,
 ) -> Result<Built> {
+    if let Some(sha) = &opts.expect_sha256 {
+        check_sha256_syntax(sha)?;
+    }
     let recipe = Recipe::load(project, name)?;
     let staging = Staging::begin(&opts.out_root, &recipe.profile, &recipe.version)?;
     host.log_to(&staging.path("build.log"))?;
@@ -74,6 +81,21 @@ pub fn build(
             built.image = built
                 .dir
                 .join(built.image.file_name().context("image has no name")?);
+            let release = Release {
+                version: recipe.version.clone(),
+                image_sha256: built.sha256.clone(),
+                recipe_id: recipe.id.clone(),
+                lock_digest: None,
+                verified: opts.verify.is_some(),
+            };
+            releases::record(&opts.out_root, &recipe.profile, release).with_context(|| {
+                format!(
+                    "recording {} {} in {}",
+                    recipe.profile,
+                    recipe.version,
+                    releases::path(&opts.out_root, &recipe.profile).display()
+                )
+            })?;
             Ok(built)
         }
         Err(e) => {
@@ -197,6 +219,9 @@ fn run(
         );
         Ok((s, summary))
     })?;
+    if let Some(want) = &opts.expect_sha256 {
+        check_expected_sha256(&sealed.sha256, want)?;
+    }
     let mut health_seconds = None;
     if let Some(req) = &opts.verify {
         health_seconds = t.stage(rep, "verify", |_| {
@@ -250,6 +275,29 @@ fn run(
         initramfs_size: boot.as_ref().map(|b| b.initramfs_size as u64),
         health_seconds,
     })
+}
+
+/// `--expect-sha256` must be a sha256: 64 hex digits.
+fn check_sha256_syntax(sha: &str) -> Result<()> {
+    if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    Err(UserError::invalid(format!(
+        "--expect-sha256 {sha:?} is not a sha256 (64 hex digits)"
+    ))
+    .into())
+}
+
+/// The image must be the one expected; checked before it is boot-tested or published.
+fn check_expected_sha256(got: &str, want: &str) -> Result<()> {
+    if got.eq_ignore_ascii_case(want) {
+        return Ok(());
+    }
+    let msg = format!(
+        "the image has sha256 {got}, but --expect-sha256 is {}; nothing was published",
+        want.to_ascii_lowercase()
+    );
+    Err(UserError::new(Kind::Corrupt, msg).into())
 }
 
 /// Base tar + removals + overlays + generated files, normalised and checked.
@@ -400,5 +448,30 @@ impl Manifest {
                 .collect(),
             image_sha256: sha.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_sha256_is_checked_for_syntax_then_compared() {
+        let sha = "ab".repeat(32);
+        assert!(check_sha256_syntax(&sha).is_ok());
+        let err = check_sha256_syntax("abc").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--expect-sha256 \"abc\" is not a sha256 (64 hex digits)"
+        );
+        assert!(check_expected_sha256(&sha, &sha.to_uppercase()).is_ok());
+        let other = "cd".repeat(32);
+        let err = check_expected_sha256(&sha, &other).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the image has sha256 {sha}, but --expect-sha256 is {other}; nothing was published"
+            )
+        );
     }
 }

@@ -58,6 +58,9 @@ pub enum Command {
         /// Print what was built (paths, sha256, stage timings, sizes) as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Fail, publishing nothing, unless the image has this sha256 (a rebuild check).
+        #[arg(long, value_name = "SHA256")]
+        expect_sha256: Option<String>,
         #[command(flatten)]
         boot: BootArgs,
     },
@@ -99,6 +102,15 @@ pub enum Command {
         /// The newer raw image.
         new: PathBuf,
         /// Print the changes as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the published versions of a profile (out/PROFILE/releases.json): version,
+    /// image sha256, recipe id, whether it was boot-tested.
+    Releases {
+        /// Profile name.
+        profile: String,
+        /// Print releases.json's records as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -187,12 +199,16 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             profile,
             verify,
             json,
+            expect_sha256,
             boot,
         } => cmd_build(
             cli,
             &project,
             profile,
-            verify.then(|| boot.request(false)),
+            BuildChecks {
+                verify: verify.then(|| boot.request(false)),
+                expect_sha256: expect_sha256.clone(),
+            },
             *json,
         ),
         Command::Verify {
@@ -222,6 +238,14 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 ExitCode::from(DIFFERENT)
             })
         }
+        Command::Releases { profile, json } => {
+            let releases = crate::releases::list(&out_root(cli, &project), profile)?;
+            if *json {
+                print_stdout(&(serde_json::to_string_pretty(&releases)? + "\n"))
+            } else {
+                print_stdout(&releases.human())
+            }
+        }
         Command::Doctor => Ok(crate::doctor::run()),
     }
 }
@@ -238,18 +262,25 @@ fn out_root(cli: &Cli, project: &Project) -> PathBuf {
     cli.out.clone().unwrap_or_else(|| project.root.join("out"))
 }
 
+/// What a build must pass before it is published.
+struct BuildChecks {
+    verify: Option<crate::verify::image::Request>,
+    expect_sha256: Option<String>,
+}
+
 fn cmd_build(
     cli: &Cli,
     project: &Project,
     profile: &str,
-    verify: Option<crate::verify::image::Request>,
+    checks: BuildChecks,
     json: bool,
 ) -> Result<ExitCode> {
     let host = Host::new(cli.verbose);
     let opts = BuildOptions {
         out_root: out_root(cli, project),
         cache: Cache::new(cli.cache_dir.clone().unwrap_or_else(Cache::default_root)),
-        verify,
+        verify: checks.verify,
+        expect_sha256: checks.expect_sha256,
     };
     let reporter = reporter(cli);
     let built = build::build(&host, project, profile, &opts, reporter.as_ref())?;

@@ -18,6 +18,7 @@ pub mod inspect;
 pub mod output;
 pub mod profile;
 pub mod progress;
+pub mod releases;
 pub mod size;
 pub mod testing;
 pub mod tree;

@@ -66,10 +66,15 @@ impl Fixture {
     }
 
     fn build_into(&self, name: &str, out: &str) -> anyhow::Result<Built> {
+        self.build_with(name, out, None)
+    }
+
+    fn build_with(&self, name: &str, out: &str, expect: Option<&str>) -> anyhow::Result<Built> {
         let opts = BuildOptions {
             out_root: self.root().join(out),
             cache: Cache::new(self.root().join("cache")),
             verify: None,
+            expect_sha256: expect.map(str::to_string),
         };
         build(
             &Host::new(false),
@@ -334,14 +339,15 @@ fn rebuild_replaces_the_published_version_atomically() {
     std::fs::write(fx.root().join("overlays/app/etc/motd"), "v2\n").unwrap();
     let b = fx.build("t").unwrap();
     assert_eq!(a.dir, b.dir);
-    let entries: Vec<_> = std::fs::read_dir(fx.root().join("out/t"))
+    let mut entries: Vec<_> = std::fs::read_dir(fx.root().join("out/t"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
         .collect();
+    entries.sort();
     assert_eq!(
         entries,
-        ["1.0"],
+        ["1.0", "releases.json"],
         "no staging or old directories left: {entries:?}"
     );
 }
@@ -514,4 +520,98 @@ fn identical_images_have_an_empty_diff() {
     let d = diff(&a.image, &b.image).unwrap();
     assert!(d.is_empty(), "{}", d.human());
     assert_eq!(d.human(), "");
+}
+
+fn set_version(fx: &Fixture, version: &str) {
+    let text = fx.profile_text();
+    let old = text.lines().find(|l| l.starts_with("version")).unwrap();
+    fx.write_profile("t", &text.replace(old, &format!("version = \"{version}\"")));
+}
+
+#[test]
+fn releases_json_records_each_version_once_in_version_order() {
+    let fx = Fixture::new(Arch::Amd64);
+    let first = fx.build("t").unwrap();
+    set_version(&fx, "1.10");
+    let ten = fx.build("t").unwrap();
+    set_version(&fx, "1.9");
+    let nine = fx.build("t").unwrap();
+    set_version(&fx, "1.0");
+    std::fs::write(fx.root().join("overlays/app/etc/motd"), "v2\n").unwrap();
+    let again = fx.build("t").unwrap();
+    assert_ne!(first.sha256, again.sha256);
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.root().join("out/t/releases.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["profile"], "t");
+    let records = json["releases"].as_array().unwrap();
+    let got: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r["version"].as_str().unwrap(),
+                r["image_sha256"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("1.0", again.sha256.as_str()),
+            ("1.9", nine.sha256.as_str()),
+            ("1.10", ten.sha256.as_str())
+        ],
+        "the rebuild of 1.0 replaced its record"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(again.dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(records[0]["recipe_id"], manifest["recipe_id"]);
+    assert_eq!(records[0]["lock_digest"], serde_json::Value::Null);
+    assert_eq!(records[0]["verified"], false);
+    assert_eq!(records[0].as_object().unwrap().len(), 5, "{records:?}");
+
+    let (code, stdout, stderr) = imagebuild(&[
+        "-C".as_ref(),
+        fx.root().as_os_str(),
+        "releases".as_ref(),
+        "t".as_ref(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let versions: Vec<_> = stdout
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(versions, ["1.0", "1.9", "1.10"], "{stdout}");
+    assert!(
+        stdout.lines().next().unwrap().contains(&again.sha256),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn expect_sha256_mismatch_publishes_nothing() {
+    let fx = Fixture::new(Arch::Amd64);
+    let reference = fx.build_into("t", "out-reference").unwrap();
+    let wrong = "0".repeat(64);
+    let e = error_text(&fx.build_with("t", "out", Some(&wrong)).unwrap_err());
+    assert!(
+        e.contains(&format!(
+            "the image has sha256 {}, but --expect-sha256 is {wrong}; nothing was published",
+            reference.sha256
+        )),
+        "{e}"
+    );
+    assert!(
+        fx.finished_outputs().is_empty(),
+        "{:?}",
+        fx.finished_outputs()
+    );
+    assert!(!fx.root().join("out/t/releases.json").exists());
+    // The right sha256 (in any case) publishes.
+    let built = fx
+        .build_with("t", "out", Some(&reference.sha256.to_uppercase()))
+        .unwrap();
+    assert_eq!(built.sha256, reference.sha256);
+    assert!(fx.root().join("out/t/releases.json").is_file());
 }

@@ -158,7 +158,7 @@ pub fn kernel_versions(tree: &Tree) -> Vec<String> {
 }
 
 /// Compares versions by their numeric runs ("6.12.10" > "6.12.9").
-fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     let key = |s: &str| -> Vec<(u64, String)> {
         s.split(|c: char| !c.is_ascii_alphanumeric())
             .map(|p| (p.parse().unwrap_or(0), p.to_string()))

@@ -81,8 +81,9 @@ pub enum Command {
         #[command(flatten)]
         boot: BootArgs,
     },
-    /// Show what an image holds: partitions, ESP files, UKI sections, kernel, packages,
-    /// files. Reads the image file; needs no root and mounts nothing.
+    /// Show what an image holds: partitions, ESP, UKIs, kernel, packages, files.
+    ///
+    /// Reads the image file; needs no root and mounts nothing.
     Inspect {
         /// The raw image file.
         image: PathBuf,
@@ -93,9 +94,10 @@ pub enum Command {
         #[arg(long)]
         files: bool,
     },
-    /// Compare two images: packages, files, partitions, boot. Prints nothing and exits
-    /// 0 when they hold the same things, lists the changes and exits 1 when they differ,
-    /// exits 2 on errors.
+    /// Compare two images: packages, files, partitions, boot.
+    ///
+    /// Prints nothing and exits 0 when they hold the same things, lists the changes and
+    /// exits 1 when they differ, exits 2 on errors.
     Diff {
         /// The older raw image.
         old: PathBuf,
@@ -105,8 +107,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the published versions of a profile (out/PROFILE/releases.json): version,
-    /// image sha256, recipe id, whether it was boot-tested.
+    /// List the published versions of a profile (out/PROFILE/releases.json).
+    ///
+    /// Version, image sha256, recipe id, and whether it was boot-tested.
     Releases {
         /// Profile name.
         profile: String,

@@ -609,10 +609,10 @@ mod tests {
                 sha256: sha.into(),
             }]
         };
-        let o = uki("ro", &"a".repeat(64), "6.12.1");
-        let n = uki("ro quiet", &"b".repeat(64), "6.12.2");
+        let o = [uki("ro", &"a".repeat(64), "6.12.1")];
+        let n = [uki("ro quiet", &"b".repeat(64), "6.12.2")];
         let d = Diff {
-            boot: diff_boot(&esp("x"), &[o.clone()], &esp("y"), &[n]),
+            boot: diff_boot(&esp("x"), &o, &esp("y"), &n),
             ..Diff::default()
         };
         assert_eq!(
@@ -621,10 +621,10 @@ mod tests {
              ~ EFI/BOOT/BOOTX64.EFI  .linux sha256 aaaaaaaaaaaa -> bbbbbbbbbbbb\n  \
              ~ EFI/BOOT/BOOTX64.EFI  kernel 6.12.1 -> 6.12.2\n"
         );
-        let same = diff_boot(&esp("x"), &[o.clone()], &esp("x"), &[o.clone()]);
+        let same = diff_boot(&esp("x"), &o, &esp("x"), &o);
         assert!(same.is_empty());
         // Same sections, different bytes (headers): the file itself is reported.
-        let headers = diff_boot(&esp("x"), &[o.clone()], &esp("y"), &[o]);
+        let headers = diff_boot(&esp("x"), &o, &esp("y"), &o);
         assert_eq!(headers[0].item, "file");
     }
 

@@ -94,32 +94,84 @@ pub struct Sealed {
 }
 
 /// Hashes the image and punches holes where it holds only zeros, so what is stored is
-/// what was written (mke2fs writes zeroed inode tables and journal).
+/// what was written (mke2fs writes zeroed inode tables and journal). Holes already in the
+/// file are hashed as zeros without being read.
 pub fn seal_image(path: &Path) -> Result<Sealed> {
-    const BLOCK: usize = 4096;
     let mut f = File::options()
         .read(true)
         .write(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
+    let len = f.metadata()?.len();
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 4 << 20];
-    let mut pos: u64 = 0;
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0;
+    while pos < len {
+        let data = seek(&f, SeekFrom::Data(pos))?.unwrap_or(len);
+        hash_zeros(&mut h, data - pos);
+        pos = data;
+        if pos >= len {
+            break;
+        }
+        let hole = seek(&f, SeekFrom::Hole(pos))?.unwrap_or(len);
+        seal_extent(&mut f, &mut h, &mut buf, pos, hole)?;
+        pos = hole;
+    }
+    f.sync_all()?;
+    let allocated = f.metadata()?.blocks() * 512;
+    Ok(Sealed {
+        sha256: hex::encode(h.finalize()),
+        allocated,
+    })
+}
+
+const BLOCK: usize = 4096;
+const CHUNK: usize = 4 << 20;
+static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+
+use rustix::fs::SeekFrom;
+
+/// `lseek` with SEEK_DATA/SEEK_HOLE; `None` past the last data (ENXIO).
+fn seek(f: &File, to: SeekFrom) -> Result<Option<u64>> {
+    match rustix::fs::seek(f, to) {
+        Ok(p) => Ok(Some(p)),
+        Err(rustix::io::Errno::NXIO) => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context("seeking in the image")),
+    }
+}
+
+fn hash_zeros(h: &mut Sha256, mut n: u64) {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64);
+        // OK to cast: k <= ZEROS.len().
+        h.update(&ZEROS[..k as usize]);
+        n -= k;
+    }
+}
+
+/// Hashes the data extent [start, end) and punches its all-zero 4 KiB blocks.
+fn seal_extent(f: &mut File, h: &mut Sha256, buf: &mut [u8], start: u64, end: u64) -> Result<()> {
+    use std::io::{Seek, SeekFrom as StdSeek};
+    f.seek(StdSeek::Start(start))?;
+    let mut pos = start;
     let mut run: Option<(u64, u64)> = None;
-    loop {
-        let n = read_full(&mut f, &mut buf)?;
+    while pos < end {
+        let want = usize::try_from(end - pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = read_full(f, &mut buf[..want])?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
         for (i, block) in buf[..n].chunks(BLOCK).enumerate() {
             let at = pos + (i * BLOCK) as u64;
-            let zero = block.len() == BLOCK && block.iter().all(|b| *b == 0);
+            let zero = block.len() == BLOCK && block == &ZEROS[..BLOCK];
             run = match (run, zero) {
                 (Some((s, l)), true) => Some((s, l + BLOCK as u64)),
                 (None, true) => Some((at, BLOCK as u64)),
                 (Some((s, l)), false) => {
-                    punch(&f, s, l)?;
+                    punch(f, s, l)?;
                     None
                 }
                 (None, false) => None,
@@ -128,14 +180,9 @@ pub fn seal_image(path: &Path) -> Result<Sealed> {
         pos += n as u64;
     }
     if let Some((s, l)) = run {
-        punch(&f, s, l)?;
+        punch(f, s, l)?;
     }
-    f.sync_all()?;
-    let allocated = f.metadata()?.blocks() * 512;
-    Ok(Sealed {
-        sha256: hex::encode(h.finalize()),
-        allocated,
-    })
+    Ok(())
 }
 
 fn read_full(f: &mut File, buf: &mut [u8]) -> Result<usize> {

@@ -108,7 +108,12 @@ pub fn seal_image(path: &Path) -> Result<Sealed> {
     let mut pos = 0;
     while pos < len {
         let data = seek(&f, SeekFrom::Data(pos))?.unwrap_or(len);
-        hash_zeros(&mut h, data - pos);
+        if data > pos {
+            // What SEEK_DATA skips reads as zeros, but may be allocated (unwritten extents
+            // from fallocate): punch it too.
+            hash_zeros(&mut h, data - pos);
+            punch(&f, pos, data - pos)?;
+        }
         pos = data;
         if pos >= len {
             break;
@@ -255,5 +260,22 @@ mod tests {
             "only the non-zero block stays allocated: {}",
             s.allocated
         );
+    }
+
+    #[test]
+    fn seal_releases_preallocated_zero_ranges() {
+        // mke2fs zeroes with fallocate: unwritten extents that SEEK_DATA skips.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let f = File::create(&p).unwrap();
+        f.set_len(8 << 20).unwrap();
+        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::KEEP_SIZE, 0, 8 << 20).unwrap();
+        assert!(
+            f.metadata().unwrap().blocks() > 0,
+            "the test needs an allocated range"
+        );
+        let s = seal_image(&p).unwrap();
+        assert_eq!(s.sha256, crate::cache::sha256(&vec![0u8; 8 << 20]));
+        assert_eq!(s.allocated, 0, "nothing but zeros: nothing stays allocated");
     }
 }

@@ -42,6 +42,7 @@ pub fn generate(tree: &mut Tree, g: &Generated<'_>, epoch: i64) -> Result<()> {
     );
     tree.insert("etc/fstab", Entry::file(fstab.into_bytes(), 0o644, epoch));
     ssh_host_keys_on_first_boot(tree, epoch);
+    mark_updated(tree, epoch);
     // On a disk larger than the image, systemd-repart grows the root partition (the last
     // one) and x-systemd.growfs in fstab grows the filesystem, on first boot.
     let repart = "# written by imagebuild: grow the root partition to fill the disk\n[Partition]\nType=root\n";
@@ -73,6 +74,22 @@ fn write_os_release(tree: &mut Tree, g: &Generated<'_>, epoch: i64) -> Result<()
     let mode = tree.get(&path).map_or(0o644, |e| e.mode);
     tree.insert(&path, Entry::file(text.into_bytes(), mode, epoch));
     Ok(())
+}
+
+/// Marks /etc and /var as up to date with /usr (what systemd-update-done writes), so the
+/// first boot does not rerun ldconfig, the hwdb and journal catalog rebuilds
+/// (ConditionNeedsUpdate) that the image build already did. Every mtime is the epoch.
+fn mark_updated(tree: &mut Tree, epoch: i64) {
+    let text = format!(
+        "# This file was created by systemd-update-done. Its only\n# purpose is to hold a timestamp of the time this directory\n# was updated. See man:systemd-update-done.service(8).\nTIMESTAMP_NSEC={}\n",
+        i128::from(epoch) * 1_000_000_000
+    );
+    for dir in ["etc", "var"] {
+        tree.insert(
+            &format!("{dir}/.updated"),
+            Entry::file(text.clone().into_bytes(), 0o644, epoch),
+        );
+    }
 }
 
 const KEYGEN_UNIT: &str = "imagebuild-ssh-hostkeys.service";

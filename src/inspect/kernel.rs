@@ -123,7 +123,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    const DEBIAN: &str = "6.12.57+deb13-amd64 (debian-kernel@lists.debian.org) #1 SMP";
+    const DEBIAN: &str = "6.12.57+deb13-amd64 (kernel@example.org) #1 SMP";
 
     /// A bzImage-like prefix: setup header with kernel_version pointing at `version`.
     fn bzimage(version: &str, ptr: u16) -> Vec<u8> {

@@ -70,3 +70,29 @@ for arch in amd64 arm64; do
   printf '  UKI %.1f MiB (target <= 20), initramfs %.1f MiB\n' "$(json "$f" 'd["uki_size"]/2**20')" "$(json "$f" 'd["initramfs_size"]/2**20')"
   printf '  QEMU start to health line (TCG) %.1f s\n' "$(json "$f" 'd["health_seconds"]')"
 done
+
+echo "== lock, inspect, diff =="
+t0=$(date +%s.%N)
+"$BIN" -q -C "$work" --cache-dir "$work/cache-cold" lock prod-amd64 >/dev/null
+printf '  lock prod-amd64 (cached base)          %6.2f s  (%d packages; a cold lock is one bootstrap)\n' \
+  "$(awk "BEGIN{print $(date +%s.%N) - $t0}")" "$(grep -c '^  { name = ' "$work/profiles/prod-amd64.lock")"
+# A 4 GiB image twice, differing in one overlay file.
+printf 'extends = ["prod-amd64"]\n[image]\nsize = "4G"\n' >"$work/profiles/big.toml"
+"$BIN" -q -C "$work" --out "$work/big-a" --cache-dir "$work/cache-cold" build big >/dev/null
+echo "# changed again" >>"$work/overlays/prod/etc/motd"
+"$BIN" -q -C "$work" --out "$work/big-b" --cache-dir "$work/cache-cold" build big >/dev/null
+a=$work/big-a/big/2026.11.1/big-2026.11.1.raw b=$work/big-b/big/2026.11.1/big-2026.11.1.raw
+cold() { sync; echo 3 >/proc/sys/vm/drop_caches; } # page cache empty: %I counts what is read
+measure() { # measure LABEL CMD...: wall seconds and bytes read from disk, page cache dropped
+  local label=$1; shift
+  cold
+  local t0; t0=$(date +%s.%N)
+  /usr/bin/time -f %I -o "$work/io" "$@" >/dev/null || [ $? -eq 1 ]
+  printf '  %-38s %6.2f s  read %5.1f MiB from disk\n' "$label" "$(awk "BEGIN{print $(date +%s.%N) - $t0}")" \
+    "$(awk "BEGIN{print $(cat "$work/io") * 512 / 1048576}")"
+}
+printf '  4 GiB image: %d MiB allocated\n' $(( $(stat -c %b "$a") * 512 >> 20 ))
+measure "inspect (summary)" "$BIN" inspect "$a"
+measure "inspect --json (every file's sha256)" "$BIN" inspect --json "$a"
+measure "diff (one overlay file changed)" "$BIN" diff "$a" "$b"
+"$BIN" diff "$a" "$b" | sed 's/^/    /' || true

@@ -16,6 +16,7 @@ use crate::error::{Kind, UserError};
 use crate::fs::{ext4, fat};
 use crate::host::Host;
 use crate::ids::ImageIds;
+use crate::lock::{self, Lock};
 use crate::output::{self, Staging};
 use crate::profile::{BaseSpec, DiskSize, Project, Recipe};
 use crate::progress::{Reporter, Timings};
@@ -32,6 +33,8 @@ pub struct BuildOptions {
     pub verify: Option<crate::verify::image::Request>,
     /// Publish only if the image has this sha256 (hex).
     pub expect_sha256: Option<String>,
+    /// Resolve every package against the mirror again and rewrite the profile's lock.
+    pub relock: bool,
 }
 
 /// What a build produced.
@@ -51,6 +54,10 @@ pub struct Built {
     pub initramfs_size: Option<u64>,
     /// Seconds from starting QEMU to the health report, with --verify.
     pub health_seconds: Option<f64>,
+    /// sha256 of the lock the build used (or wrote, with --relock).
+    pub lock_digest: Option<String>,
+    /// The lock file written by --relock.
+    pub lock_written: Option<PathBuf>,
 }
 
 /// Builds profile `name` of `project`.
@@ -65,6 +72,11 @@ pub fn build(
         check_sha256_syntax(sha)?;
     }
     let recipe = Recipe::load(project, name)?;
+    let lock = if opts.relock {
+        None
+    } else {
+        lock::load_for(project, &recipe)?
+    };
     let staging = Staging::begin(&opts.out_root, &recipe.profile, &recipe.version)?;
     host.log_to(&staging.path("build.log"))?;
     host.note(&format!(
@@ -73,11 +85,14 @@ pub fn build(
         recipe.profile,
         recipe.id
     ));
-    let result = run(host, project, &recipe, opts, &staging, rep);
+    let result = run(host, project, &recipe, opts, lock.as_ref(), &staging, rep);
     host.close_log();
     match result {
-        Ok(mut built) => {
+        Ok((mut built, relocked)) => {
             built.dir = staging.publish()?;
+            if let Some(l) = relocked {
+                built.lock_written = Some(lock::write(project, &l)?);
+            }
             built.image = built
                 .dir
                 .join(built.image.file_name().context("image has no name")?);
@@ -85,7 +100,7 @@ pub fn build(
                 version: recipe.version.clone(),
                 image_sha256: built.sha256.clone(),
                 recipe_id: recipe.id.clone(),
-                lock_digest: None,
+                lock_digest: built.lock_digest.clone(),
                 verified: opts.verify.is_some(),
             };
             releases::record(&opts.out_root, &recipe.profile, release).with_context(|| {
@@ -112,24 +127,41 @@ pub fn build(
     }
 }
 
+/// The build up to the staged outputs; with --relock, also the new lock.
+#[allow(clippy::too_many_arguments)]
 fn run(
     host: &Host,
     project: &Project,
     recipe: &Recipe,
     opts: &BuildOptions,
+    lock: Option<&Lock>,
     staging: &Staging,
     rep: &dyn Reporter,
-) -> Result<Built> {
+) -> Result<(Built, Option<Lock>)> {
     let mut t = Timings::default();
     let ids = ImageIds::derive(&recipe.id);
-    let base = t.stage(rep, "base", |s| {
-        let b = base::produce(host, &opts.cache, recipe, s)?;
+    let (base, relocked) = t.stage(rep, "base", |s| {
+        let (b, relocked) = if opts.relock {
+            let (l, b) = base::make_lock(host, &opts.cache, recipe, true, s)?;
+            (b, Some(l))
+        } else {
+            (base::produce(host, &opts.cache, recipe, lock, s)?, None)
+        };
         let note = if b.cached { "cached" } else { "bootstrapped" };
-        let summary = format!("{note}, sha256 {}", &b.sha256[..12]);
-        Ok((b, summary))
+        let locked = match (&relocked, lock) {
+            (Some(_), _) => ", relocked",
+            (None, Some(_)) => ", locked",
+            (None, None) => ", no lock",
+        };
+        let summary = format!("{note}{locked}, sha256 {}", &b.sha256[..12]);
+        Ok(((b, relocked), summary))
     })?;
+    let lock = relocked.as_ref().or(lock);
     let tree = t.stage(rep, "tree", |s| {
         let tree = make_tree(recipe, &ids, &base, s)?;
+        if let Some(l) = lock {
+            check_stub(&tree, l)?;
+        }
         let n = tree.len();
         Ok((tree, format!("{n} entries")))
     })?;
@@ -243,9 +275,10 @@ fn run(
         for f in recipe.formats.iter().filter(|f| *f != "raw") {
             sums.push(convert(host, &image, staging, recipe, f)?);
         }
-        Ok(((), format!("{}", recipe.formats.join(", "))))
+        Ok(((), recipe.formats.join(", ")))
     })?;
-    let manifest = Manifest::new(
+    let lock_digest = lock.map(Lock::digest);
+    let mut manifest = Manifest::new(
         recipe,
         &ids,
         &base,
@@ -255,6 +288,7 @@ fn run(
         &sealed.sha256,
         &sums,
     );
+    manifest.lock_digest = lock_digest.clone();
     std::fs::write(
         staging.path("manifest.json"),
         serde_json::to_string_pretty(&manifest)? + "\n",
@@ -263,7 +297,7 @@ fn run(
     for (name, secs) in &t.0 {
         host.note(&format!("stage {name}: {secs:.2} s"));
     }
-    Ok(Built {
+    let built = Built {
         dir: staging.dir.clone(),
         image,
         sha256: sealed.sha256,
@@ -274,7 +308,38 @@ fn run(
         uki_size: boot.as_ref().map(|b| b.uki_size as u64),
         initramfs_size: boot.as_ref().map(|b| b.initramfs_size as u64),
         health_seconds,
-    })
+        lock_digest,
+        lock_written: None,
+    };
+    Ok((built, relocked))
+}
+
+/// The UKI's systemd-stub is the one the lock recorded.
+fn check_stub(tree: &Tree, lock: &Lock) -> Result<()> {
+    let Some(d) = &lock.stub else { return Ok(()) };
+    let Some(bytes) = tree.read(&d.path)? else {
+        return Err(UserError::invalid(format!(
+            "the lock records the systemd-stub /{}, the image has none",
+            d.path
+        ))
+        .into());
+    };
+    let actual = crate::cache::sha256(&bytes);
+    if actual != d.sha256 {
+        return Err(UserError::new(
+            Kind::Corrupt,
+            format!(
+                "systemd-stub /{} has sha256 {actual}, the lock says {}",
+                d.path, d.sha256
+            ),
+        )
+        .hint(format!(
+            "relock: `imagebuild build {} --relock`",
+            lock.profile
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// `--expect-sha256` must be a sha256: 64 hex digits.
@@ -399,6 +464,8 @@ pub struct Manifest {
     pub packages: Vec<Package>,
     pub files: Vec<FileSum>,
     pub image_sha256: String,
+    /// sha256 of the lock file the base was pinned by.
+    pub lock_digest: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -447,6 +514,7 @@ impl Manifest {
                 })
                 .collect(),
             image_sha256: sha.to_string(),
+            lock_digest: None,
         }
     }
 }

@@ -43,6 +43,10 @@ impl Cache {
     }
 
     /// A directory for downloaded packages, shared by all builds.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn debs_dir(&self) -> PathBuf {
         self.root.join("debs")
     }
@@ -98,6 +102,33 @@ impl Cache {
         std::fs::rename(&tmp, &path)
             .with_context(|| format!("moving {} into the cache", path.display()))?;
         Ok(Hit { path, sha256 })
+    }
+}
+
+impl Cache {
+    /// Makes entry `kind/key` a second name for `from` (a hard link, or a copy where links
+    /// are not possible), with the same checksum.
+    pub fn alias(&self, kind: &str, key: &str, from: &Hit) -> Result<Hit> {
+        let path = self.entry(kind, key);
+        if path == from.path {
+            return Ok(from.clone());
+        }
+        let dir = path.parent().context("cache entry has no parent")?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating cache directory {}", dir.display()))?;
+        let tmp = dir.join(format!(".{key}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(&from.path, &tmp).is_err() {
+            std::fs::copy(&from.path, &tmp)
+                .with_context(|| format!("copying {} in the cache", from.path.display()))?;
+        }
+        write_atomic(&sidecar(&path), format!("{}\n", from.sha256).as_bytes())?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("moving {} into the cache", path.display()))?;
+        Ok(Hit {
+            path,
+            sha256: from.sha256.clone(),
+        })
     }
 }
 

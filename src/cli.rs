@@ -61,8 +61,23 @@ pub enum Command {
         /// Fail, publishing nothing, unless the image has this sha256 (a rebuild check).
         #[arg(long, value_name = "SHA256")]
         expect_sha256: Option<String>,
+        /// Resolve packages against the mirror again and rewrite profiles/PROFILE.lock.
+        #[arg(long)]
+        relock: bool,
         #[command(flatten)]
         boot: BootArgs,
+    },
+    /// Pin a profile's packages: write profiles/PROFILE.lock.
+    ///
+    /// Records every package with its version and .deb sha256, the mirror, the epoch,
+    /// the stub and tarball digests. Builds then install exactly that or fail.
+    Lock {
+        /// Profile name (profiles/NAME.toml).
+        profile: String,
+        /// Bootstrap afresh instead of locking the cached base (takes the mirror's
+        /// current versions).
+        #[arg(long)]
+        refresh: bool,
     },
     /// Boot an image in QEMU (snapshot: the image is not changed) and check its health report.
     Verify {
@@ -187,6 +202,7 @@ fn print_error(e: &anyhow::Error) {
 }
 
 fn run(cli: &Cli) -> Result<ExitCode> {
+    crate::host::pin_umask();
     let project = Project::new(&cli.directory);
     match &cli.command {
         Command::List => {
@@ -203,6 +219,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             verify,
             json,
             expect_sha256,
+            relock,
             boot,
         } => cmd_build(
             cli,
@@ -211,9 +228,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             BuildChecks {
                 verify: verify.then(|| boot.request(false)),
                 expect_sha256: expect_sha256.clone(),
+                relock: *relock,
             },
             *json,
         ),
+        Command::Lock { profile, refresh } => cmd_lock(cli, &project, profile, *refresh),
         Command::Verify {
             image,
             boot,
@@ -269,6 +288,39 @@ fn out_root(cli: &Cli, project: &Project) -> PathBuf {
 struct BuildChecks {
     verify: Option<crate::verify::image::Request>,
     expect_sha256: Option<String>,
+    relock: bool,
+}
+
+fn cache(cli: &Cli) -> Cache {
+    Cache::new(cli.cache_dir.clone().unwrap_or_else(Cache::default_root))
+}
+
+fn cmd_lock(cli: &Cli, project: &Project, profile: &str, refresh: bool) -> Result<ExitCode> {
+    let host = Host::new(cli.verbose);
+    let recipe = Recipe::load(project, profile)?;
+    let reporter = reporter(cli);
+    let mut t = crate::progress::Timings::default();
+    let cache = cache(cli);
+    let lock = t.stage(reporter.as_ref(), "lock", |s| {
+        let (lock, base) = crate::base::make_lock(&host, &cache, &recipe, refresh, s)?;
+        let how = if base.cached {
+            "cached base"
+        } else {
+            "new bootstrap"
+        };
+        let n = lock.packages.len();
+        Ok((lock, format!("{n} packages, from the {how}")))
+    })?;
+    let path = crate::lock::write(project, &lock)?;
+    if !cli.quiet {
+        eprintln!(
+            "locked {profile}: {} packages, recipe {} -> {}",
+            lock.packages.len(),
+            &lock.recipe_id[..12],
+            path.display()
+        );
+    }
+    print_stdout(&format!("{}  {}\n", lock.digest(), path.display()))
 }
 
 fn cmd_build(
@@ -281,9 +333,10 @@ fn cmd_build(
     let host = Host::new(cli.verbose);
     let opts = BuildOptions {
         out_root: out_root(cli, project),
-        cache: Cache::new(cli.cache_dir.clone().unwrap_or_else(Cache::default_root)),
+        cache: cache(cli),
         verify: checks.verify,
         expect_sha256: checks.expect_sha256,
+        relock: checks.relock,
     };
     let reporter = reporter(cli);
     let built = build::build(&host, project, profile, &opts, reporter.as_ref())?;
@@ -295,6 +348,9 @@ fn cmd_build(
             Bytes(built.allocated),
             Bytes(built.content_bytes)
         );
+        if let Some(p) = &built.lock_written {
+            eprintln!("relocked: wrote {}", p.display());
+        }
     }
     if json {
         return print_stdout(&(serde_json::to_string_pretty(&built)? + "\n"));

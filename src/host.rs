@@ -56,6 +56,7 @@ impl Host {
 
     /// Runs `cmd` to completion, returning its output; non-zero exit is an error.
     pub fn run(&self, cmd: &mut Command) -> Result<Output> {
+        hermetic(cmd);
         let line = command_line(cmd);
         self.note(&format!("+ {line}"));
         let out = cmd
@@ -77,6 +78,7 @@ impl Host {
     /// Runs `cmd`, handing each stderr line to `on_line` as it arrives (for progress);
     /// stdout goes to the log. Non-zero exit is an error quoting stderr's tail.
     pub fn stream(&self, cmd: &mut Command, on_line: &mut dyn FnMut(&str)) -> Result<()> {
+        hermetic(cmd);
         let line = command_line(cmd);
         self.note(&format!("+ {line}"));
         let mut child = cmd
@@ -119,9 +121,31 @@ impl Host {
     /// Starts `cmd` (as built by the caller, stdio included) after logging it; for
     /// long-running programs such as QEMU whose output the caller reads.
     pub fn spawn(&self, cmd: &mut Command) -> Result<std::process::Child> {
+        hermetic(cmd);
         self.note(&format!("+ {}", command_line(cmd)));
         cmd.spawn().map_err(|e| spawn_error(cmd, &e))
     }
+}
+
+/// The parts of the caller's environment that could reach an image are fixed for every
+/// command: the time zone, the locale and the file-creation mask (which the command
+/// inherits, see [`pin_umask`]). A variable the caller set on `cmd` is kept.
+fn hermetic(cmd: &mut Command) {
+    let set: Vec<_> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
+    for (k, v) in [("TZ", "UTC"), ("LC_ALL", "C.UTF-8")] {
+        if !set.iter().any(|s| s == k) {
+            cmd.env(k, v);
+        }
+    }
+    if !set.iter().any(|s| s == "LANGUAGE") {
+        cmd.env_remove("LANGUAGE");
+    }
+}
+
+/// Sets this process's umask to 022, so files imagebuild and the commands it runs create
+/// get the same modes whatever the caller's umask is.
+pub fn pin_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
 }
 
 fn program(cmd: &Command) -> String {
@@ -206,7 +230,10 @@ mod tests {
         let msg = format!("{err:#}");
         assert!(msg.contains("`sh` failed (exit status: 3)"), "{msg}");
         assert!(msg.contains("the reason"), "{msg}");
-        assert!(msg.contains("command: sh -c"), "{msg}");
+        assert!(
+            msg.contains("command: LC_ALL=C.UTF-8 TZ=UTC sh -c"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -231,7 +258,7 @@ mod tests {
         host.close_log();
         assert_eq!(seen, ["a", "b"]);
         let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
-        assert!(log.starts_with("+ sh -c"), "{log}");
+        assert!(log.starts_with("+ LC_ALL=C.UTF-8 TZ=UTC sh -c"), "{log}");
         assert!(log.contains("  out\n"), "{log}");
     }
 }

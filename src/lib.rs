@@ -15,6 +15,7 @@ pub mod fs;
 pub mod host;
 pub mod ids;
 pub mod inspect;
+pub mod lock;
 pub mod output;
 pub mod profile;
 pub mod progress;

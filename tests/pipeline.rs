@@ -75,6 +75,7 @@ impl Fixture {
             cache: Cache::new(self.root().join("cache")),
             verify: None,
             expect_sha256: expect.map(str::to_string),
+            relock: false,
         };
         build(
             &Host::new(false),
@@ -614,4 +615,143 @@ fn expect_sha256_mismatch_publishes_nothing() {
         .unwrap();
     assert_eq!(built.sha256, reference.sha256);
     assert!(fx.root().join("out/t/releases.json").is_file());
+}
+
+/// Runs the imagebuild binary in the fixture's project with its cache.
+fn imagebuild_in(fx: &Fixture, args: &[&str]) -> (i32, String, String) {
+    let mut all: Vec<std::ffi::OsString> = vec![
+        "-C".into(),
+        fx.root().into(),
+        "--cache-dir".into(),
+        fx.root().join("cache").into(),
+    ];
+    all.extend(args.iter().map(Into::into));
+    let refs: Vec<&std::ffi::OsStr> = all.iter().map(|a| a.as_os_str()).collect();
+    imagebuild(&refs)
+}
+
+#[test]
+fn lock_round_trips_and_a_locked_build_records_its_digest() {
+    let fx = Fixture::new(Arch::Amd64);
+    let (code, stdout, stderr) = imagebuild_in(&fx, &["lock", "t"]);
+    assert_eq!(code, 0, "{stderr}");
+    let lock_path = fx.root().join("profiles/t.lock");
+    let text = std::fs::read_to_string(&lock_path).unwrap();
+    let digest = stdout.split_whitespace().next().unwrap().to_string();
+    assert_eq!(
+        digest,
+        sha256(text.as_bytes()),
+        "stdout names the lock's digest"
+    );
+    let lock = imagebuild::lock::Lock::parse(&text, &lock_path).unwrap();
+    assert_eq!(lock.render(), text, "the lock reads back as written");
+    assert_eq!(lock.profile, "t");
+    assert_eq!(lock.arch, "amd64");
+    let tarball = lock.tarball.as_ref().expect("the tarball is pinned");
+    assert!(text.contains(&tarball.sha256));
+    assert!(fx.profile_text().contains(&tarball.sha256));
+
+    let built = fx.build("t").unwrap();
+    assert_eq!(built.lock_digest.as_deref(), Some(digest.as_str()));
+    let releases = std::fs::read_to_string(fx.root().join("out/t/releases.json")).unwrap();
+    assert!(releases.contains(&digest), "{releases}");
+    let manifest = std::fs::read_to_string(built.dir.join("manifest.json")).unwrap();
+    assert!(manifest.contains(&digest), "{manifest}");
+    // Locking again gives the same bytes.
+    let (code, stdout2, _) = imagebuild_in(&fx, &["lock", "t"]);
+    assert_eq!(code, 0);
+    assert_eq!(stdout2, stdout);
+}
+
+#[test]
+fn a_stale_lock_is_refused_until_relocked() {
+    let fx = Fixture::new(Arch::Amd64);
+    let (code, _, stderr) = imagebuild_in(&fx, &["lock", "t"]);
+    assert_eq!(code, 0, "{stderr}");
+    let old_lock = std::fs::read_to_string(fx.root().join("profiles/t.lock")).unwrap();
+    // The profile changes after the lock was made.
+    fx.write_profile(
+        "t",
+        &(fx.profile_text() + "\n[boot]\ncmdline = [\"quiet\"]\n"),
+    );
+    let (code, _, stderr) = imagebuild_in(&fx, &["build", "t"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("profiles/t.lock is stale: its recipe-id is"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("imagebuild build t --relock"), "{stderr}");
+    assert!(fx.finished_outputs().is_empty(), "nothing is published");
+    // --relock rewrites the lock for the new recipe and builds.
+    let (code, _, stderr) = imagebuild_in(&fx, &["build", "t", "--relock"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("relocked: wrote"), "{stderr}");
+    let new_lock = std::fs::read_to_string(fx.root().join("profiles/t.lock")).unwrap();
+    assert_ne!(new_lock, old_lock);
+    let (code, _, stderr) = imagebuild_in(&fx, &["build", "t"]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn a_lock_for_another_tarball_is_refused() {
+    let fx = Fixture::new(Arch::Amd64);
+    let (code, _, stderr) = imagebuild_in(&fx, &["lock", "t"]);
+    assert_eq!(code, 0, "{stderr}");
+    let path = fx.root().join("profiles/t.lock");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lock = imagebuild::lock::Lock::parse(&text, &path).unwrap();
+    let pinned = lock.tarball.unwrap().sha256;
+    std::fs::write(&path, text.replace(&pinned, &"e".repeat(64))).unwrap();
+    let (code, _, stderr) = imagebuild_in(&fx, &["build", "t"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!(
+            "the lock pins base tarball sha256 {}, the profile says {pinned}",
+            "e".repeat(64)
+        )),
+        "{stderr}"
+    );
+}
+
+/// A Debian profile whose lock pins one package; its .deb in the package cache was
+/// changed. The build refuses it before anything is bootstrapped (no network needed).
+#[test]
+fn a_tampered_deb_in_the_cache_is_rejected() {
+    let fx = Fixture::new(Arch::Amd64);
+    fx.write_profile(
+        "deb",
+        "[image]\nversion = \"1.0\"\narch = \"amd64\"\n[base]\ndistro = \"debian\"\nsuite = \"trixie\"\nmirror = \"http://127.0.0.1:9/debian\"\n",
+    );
+    let recipe = imagebuild::profile::Recipe::load(&Project::new(fx.root()), "deb").unwrap();
+    let good = b"the package as the mirror served it";
+    let lock = imagebuild::lock::Lock {
+        format: imagebuild::lock::FORMAT,
+        profile: "deb".into(),
+        recipe_id: recipe.id.clone(),
+        arch: "amd64".into(),
+        source_date_epoch: recipe.epoch,
+        mirror: Some("http://127.0.0.1:9/debian".into()),
+        suite: Some("trixie".into()),
+        tarball: None,
+        stub: None,
+        packages: vec![imagebuild::lock::LockedPackage {
+            name: "bsdutils".into(),
+            version: "1:2.41-5".into(),
+            arch: "amd64".into(),
+            sha256: sha256(good),
+        }],
+    };
+    imagebuild::lock::write(&Project::new(fx.root()), &lock).unwrap();
+    let debs = fx.root().join("cache/debs");
+    std::fs::create_dir_all(&debs).unwrap();
+    let deb = debs.join("bsdutils_1%3a2.41-5_amd64.deb");
+    std::fs::write(&deb, b"the package after somebody changed it").unwrap();
+    let e = error_text(&fx.build("deb").unwrap_err());
+    assert!(
+        e.contains("package bsdutils 1:2.41-5 (amd64): the cached")
+            && e.contains(&format!("the lock says {}", sha256(good))),
+        "{e}"
+    );
+    assert!(e.contains(&format!("delete {}", deb.display())), "{e}");
+    assert!(fx.finished_outputs().is_empty());
 }

@@ -4,15 +4,17 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::BaseTar;
-use crate::cache::Cache;
+use crate::cache::{Cache, sha256_file};
 use crate::error::{Kind, UserError};
 use crate::host::Host;
+use crate::lock::{self, Lock, LockedPackage};
 use crate::profile::{Arch, BaseSpec, Recipe};
 use crate::progress::Stage;
+use crate::tree::{Tree, installed_packages};
 
 /// Bumped when the way a base is made changes, so old cache entries are not reused.
 const FORMAT: &str = "debian-base-v1";
@@ -22,7 +24,7 @@ struct Params<'a> {
     variant: &'a str,
     components: &'a [String],
     mirror: String,
-    packages: &'a [String],
+    packages: Vec<String>,
     arch: Arch,
     epoch: i64,
 }
@@ -32,6 +34,21 @@ impl Params<'_> {
         let desc = serde_json::json!({
             "format": FORMAT, "suite": self.suite, "variant": self.variant, "components": self.components,
             "mirror": self.mirror, "packages": self.packages, "arch": self.arch.debian(), "epoch": self.epoch,
+        });
+        hex::encode(Sha256::digest(desc.to_string().as_bytes()))
+    }
+
+    /// The key of a locked bootstrap: the locked packages instead of the mirror.
+    fn locked_key(&self, lock: &Lock) -> String {
+        let mut pinned: Vec<String> = lock
+            .packages
+            .iter()
+            .map(|p| format!("{} {} {} {}", p.name, p.version, p.arch, p.sha256))
+            .collect();
+        pinned.sort();
+        let desc = serde_json::json!({
+            "format": FORMAT, "suite": self.suite, "variant": self.variant, "components": self.components,
+            "packages": self.packages, "arch": self.arch.debian(), "epoch": self.epoch, "locked": pinned,
         });
         hex::encode(Sha256::digest(desc.to_string().as_bytes()))
     }
@@ -46,7 +63,8 @@ impl Params<'_> {
     }
 }
 
-pub fn produce(host: &Host, cache: &Cache, recipe: &Recipe, stage: &dyn Stage) -> Result<BaseTar> {
+/// Everything a Debian base depends on, resolved (the mirror, the boot packages added).
+fn params(recipe: &Recipe) -> Result<Params<'_>> {
     let BaseSpec::Debian {
         suite,
         variant,
@@ -55,7 +73,7 @@ pub fn produce(host: &Host, cache: &Cache, recipe: &Recipe, stage: &dyn Stage) -
         packages,
     } = &recipe.base
     else {
-        unreachable!("debian::produce called for another base")
+        unreachable!("debian base asked for another base")
     };
     let mirror = match mirror {
         Some(m) => m.clone(),
@@ -67,17 +85,35 @@ pub fn produce(host: &Host, cache: &Cache, recipe: &Recipe, stage: &dyn Stage) -
             packages.push((*p).to_string());
         }
     }
-    let p = Params {
+    Ok(Params {
         suite,
         variant,
         components,
         mirror,
-        packages: &packages,
+        packages,
         arch: recipe.arch,
         epoch: recipe.epoch,
+    })
+}
+
+/// The base of `recipe`. With a lock, the cache key is the locked package set (not the
+/// mirror: the bytes are pinned), cached .debs are checked against the lock before they
+/// are used, apt is pinned to the locked versions, and the result must install exactly
+/// the locked packages from .debs with the locked sha256. `fresh` skips the cache lookup.
+pub fn produce(
+    host: &Host,
+    cache: &Cache,
+    recipe: &Recipe,
+    lock: Option<&Lock>,
+    fresh: bool,
+    stage: &dyn Stage,
+) -> Result<BaseTar> {
+    let p = params(recipe)?;
+    let key = match lock {
+        Some(l) => p.locked_key(l),
+        None => p.key(),
     };
-    let key = p.key();
-    if let Some(hit) = cache.get(host, "base", &format!("{key}.tar"))? {
+    if !fresh && let Some(hit) = cache.get(host, "base", &format!("{key}.tar"))? {
         return Ok(BaseTar {
             path: hit.path,
             sha256: hit.sha256,
@@ -87,14 +123,39 @@ pub fn produce(host: &Host, cache: &Cache, recipe: &Recipe, stage: &dyn Stage) -
     check_foreign_arch(p.arch)?;
     let debs = cache.debs_dir();
     std::fs::create_dir_all(&debs)?;
+    let work = tempfile::tempdir_in(cache.root()).context("making a work directory")?;
+    let prefs = match lock {
+        Some(l) => {
+            stage.message("checking cached packages against the lock");
+            check_cached_debs(l, &debs)?;
+            let f = work.path().join(PREFS_NAME);
+            std::fs::write(&f, preferences(l))?;
+            Some(f)
+        }
+        None => None,
+    };
+    if let Some(l) = lock
+        && l.mirror.as_deref() != Some(p.mirror.as_str())
+    {
+        host.note(&format!(
+            "lock: packages were locked from {}, now fetched from {} (checked by sha256)",
+            l.mirror.as_deref().unwrap_or("-"),
+            p.mirror
+        ));
+    }
     let hit = cache.put("base", &format!("{key}.tar"), |out| {
-        let mut cmd = mmdebstrap_command(&p.suite_args(), out, &debs, p.epoch);
+        let mut cmd = mmdebstrap_command(&p.suite_args(), out, &debs, p.epoch, prefs.as_deref());
         host.stream(&mut cmd, &mut |line| {
             if let Some(msg) = line.strip_prefix("I: ") {
                 stage.message(msg);
             }
         })
-        .map_err(|e| explain(e, &p))
+        .map_err(|e| explain(e, &p))?;
+        if let Some(l) = lock {
+            stage.message("checking installed packages against the lock");
+            check_installed(l, out, &debs, &p)?;
+        }
+        Ok(())
     })?;
     Ok(BaseTar {
         path: hit.path,
@@ -102,6 +163,141 @@ pub fn produce(host: &Host, cache: &Cache, recipe: &Recipe, stage: &dyn Stage) -
         cached: false,
     })
 }
+
+/// The key a locked build of `recipe` uses in the cache, so that `imagebuild lock` can
+/// file the base it locked under it.
+pub fn locked_key(recipe: &Recipe, lock: &Lock) -> Result<String> {
+    Ok(format!("{}.tar", params(recipe)?.locked_key(lock)))
+}
+
+/// The mirror a Debian base of `recipe` is fetched from.
+pub fn mirror_of(recipe: &Recipe) -> Result<String> {
+    Ok(params(recipe)?.mirror)
+}
+
+/// The locked package list of a bootstrapped base: each installed package with the
+/// sha256 of its .deb from the package cache.
+pub fn locked_packages(tree: &Tree, debs: &Path) -> Result<Vec<LockedPackage>> {
+    let mut out = Vec::new();
+    for pkg in installed_packages(tree)? {
+        let mut lp = LockedPackage {
+            name: pkg.name,
+            version: pkg.version,
+            arch: pkg.arch,
+            sha256: String::new(),
+        };
+        let deb = debs.join(lp.deb_file_name());
+        if !deb.is_file() {
+            return Err(UserError::new(
+                Kind::Corrupt,
+                format!(
+                    "package {} {} is installed in the base but {} is not in the package cache",
+                    lp.name,
+                    lp.version,
+                    deb.display()
+                ),
+            )
+            .hint("lock again with `--relock`, which bootstraps afresh and downloads every package")
+            .into());
+        }
+        lp.sha256 = sha256_file(&deb)?;
+        out.push(lp);
+    }
+    Ok(out)
+}
+
+/// Every locked package already in the cache must have the locked sha256; missing ones
+/// are downloaded (and checked after the bootstrap).
+fn check_cached_debs(lock: &Lock, debs: &Path) -> Result<()> {
+    for pkg in &lock.packages {
+        let deb = debs.join(pkg.deb_file_name());
+        if deb.is_file() {
+            let actual = sha256_file(&deb)?;
+            if actual != pkg.sha256 {
+                return Err(lock::tampered_deb(&deb, pkg, &actual));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a locked bootstrap: the installed packages are exactly the locked ones, at the
+/// locked versions, installed from .debs with the locked sha256.
+fn check_installed(lock: &Lock, base_tar: &Path, debs: &Path, p: &Params<'_>) -> Result<()> {
+    let tree = Tree::from_tar(base_tar)?;
+    let installed = installed_packages(&tree)?;
+    let relock = |what: String| -> anyhow::Error {
+        UserError::invalid(format!("{what} (the lock is {}'s)", lock.profile))
+            .hint(format!(
+                "the mirror ({}) moved on since the lock was made: point [base] mirror at a \
+                 snapshot mirror of the lock's date, or relock with `imagebuild build {} \
+                 --relock` and review the lock's diff",
+                p.mirror, lock.profile
+            ))
+            .into()
+    };
+    for pkg in &installed {
+        match lock.package(&pkg.name, &pkg.arch) {
+            None => {
+                return Err(relock(format!(
+                    "package {} {} ({}) was installed but is not in the lock",
+                    pkg.name, pkg.version, pkg.arch
+                )));
+            }
+            Some(l) if l.version != pkg.version => {
+                return Err(relock(format!(
+                    "package {} ({}): the lock pins version {}, the mirror has {} (version {} \
+                     is no longer on the mirror)",
+                    pkg.name, pkg.arch, l.version, pkg.version, l.version
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    for l in &lock.packages {
+        if !installed
+            .iter()
+            .any(|i| i.name == l.name && i.arch == l.arch)
+        {
+            return Err(relock(format!(
+                "package {} {} ({}) is in the lock but was not installed",
+                l.name, l.version, l.arch
+            )));
+        }
+        let deb = debs.join(l.deb_file_name());
+        let actual = sha256_file(&deb).with_context(|| {
+            format!(
+                "package {} {}: its .deb is not in the package cache",
+                l.name, l.version
+            )
+        })?;
+        if actual != l.sha256 {
+            return Err(lock::tampered_deb(&deb, l, &actual));
+        }
+    }
+    Ok(())
+}
+
+/// apt preferences that pin every locked package to its version.
+fn preferences(lock: &Lock) -> String {
+    let mut names: Vec<(&str, &str)> = lock
+        .packages
+        .iter()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut out = String::from("# imagebuild: the lock's versions\n");
+    for (name, version) in names {
+        out.push_str(&format!(
+            "\nPackage: {name}\nPin: version {version}\nPin-Priority: 1001\n"
+        ));
+    }
+    out
+}
+
+/// The preferences file's name in the chroot's /etc/apt/preferences.d/.
+const PREFS_NAME: &str = "imagebuild-lock.pref";
 
 /// What identifies a bootstrap to mmdebstrap, as arguments.
 pub struct SuiteArgs {
@@ -118,15 +314,23 @@ impl Params<'_> {
             suite: self.suite.to_string(),
             variant: self.variant.to_string(),
             arch: self.arch.debian().to_string(),
-            packages: self.packages.to_vec(),
+            packages: self.packages.clone(),
             source: self.source_line(),
         }
     }
 }
 
 /// The mmdebstrap command line imagebuild runs (also used by `make bench` for the bare
-/// comparison, without the cache hooks when `debs` is empty).
-pub fn mmdebstrap_command(a: &SuiteArgs, out: &Path, debs: &Path, epoch: i64) -> Command {
+/// comparison, without the cache hooks when `debs` is empty). `prefs` is an apt
+/// preferences file that is in force while packages are resolved and installed and is
+/// not in the result.
+pub fn mmdebstrap_command(
+    a: &SuiteArgs,
+    out: &Path,
+    debs: &Path,
+    epoch: i64,
+    prefs: Option<&Path>,
+) -> Command {
     let mut cmd = Command::new("mmdebstrap");
     cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
         .env("INITRD", "No")
@@ -145,6 +349,20 @@ pub fn mmdebstrap_command(a: &SuiteArgs, out: &Path, debs: &Path, epoch: i64) ->
             .arg(format!("--setup-hook=sync-in {d} /var/cache/apt/archives/"))
             .arg(format!(
                 "--customize-hook=sync-out /var/cache/apt/archives {d}"
+            ));
+    }
+    if let Some(f) = prefs {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        cmd.arg("--setup-hook=mkdir -p \"$1\"/etc/apt/preferences.d")
+            .arg(format!(
+                "--setup-hook=copy-in {} /etc/apt/preferences.d/",
+                f.display()
+            ))
+            .arg(format!(
+                "--customize-hook=rm -f \"$1\"/etc/apt/preferences.d/{name}"
             ));
     }
     cmd.arg(&a.suite).arg(out).arg(&a.source);

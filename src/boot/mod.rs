@@ -89,12 +89,10 @@ pub fn make(tree: &Tree, recipe: &Recipe, root_partuuid: &str) -> Result<Boot> {
         root_timeout_secs: ROOT_TIMEOUT_SECS,
         epoch: recipe.epoch,
     })?;
-    let (stub_path, efi_name) = match recipe.arch {
-        Arch::Amd64 => ("usr/lib/systemd/boot/efi/linuxx64.efi.stub", "BOOTX64.EFI"),
-        Arch::Arm64 => (
-            "usr/lib/systemd/boot/efi/linuxaa64.efi.stub",
-            "BOOTAA64.EFI",
-        ),
+    let stub_path = stub_path(recipe.arch);
+    let efi_name = match recipe.arch {
+        Arch::Amd64 => "BOOTX64.EFI",
+        Arch::Arm64 => "BOOTAA64.EFI",
     };
     let stub = tree.read(stub_path)?.with_context(|| {
         format!("the image has no /{stub_path}: add systemd-boot-efi to [packages] include")
@@ -118,4 +116,12 @@ pub fn make(tree: &Tree, recipe: &Recipe, root_partuuid: &str) -> Result<Boot> {
         kernel: kver,
         cmdline,
     })
+}
+
+/// Where the image's systemd-stub for `arch` is (from systemd-boot-efi).
+pub fn stub_path(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+        Arch::Arm64 => "usr/lib/systemd/boot/efi/linuxaa64.efi.stub",
+    }
 }

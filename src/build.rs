@@ -21,6 +21,7 @@ use crate::profile::{BaseSpec, DiskSize, Project, Recipe};
 use crate::progress::{Reporter, Timings};
 use crate::releases::{self, Release};
 use crate::size::{Bytes, MIB};
+use crate::stack;
 use crate::tree::{self, Package, Tree};
 use crate::verify::health;
 
@@ -122,6 +123,18 @@ fn run(
 ) -> Result<Built> {
     let mut t = Timings::default();
     let ids = ImageIds::derive(&recipe.id);
+    let stacks = t.stage(rep, "stacks", |_| {
+        let p = stack::prepare(host, &opts.cache, recipe)?;
+        let bytes: u64 = p.images.iter().map(|i| i.len).sum();
+        let summary = format!(
+            "{} stacks, {} images, {} baked, {} fetched",
+            p.stacks.len(),
+            p.images.len(),
+            Bytes(bytes),
+            Bytes(p.fetched)
+        );
+        Ok((p, summary))
+    })?;
     let base = t.stage(rep, "base", |s| {
         let b = base::produce(host, &opts.cache, recipe, s)?;
         let note = if b.cached { "cached" } else { "bootstrapped" };
@@ -129,7 +142,7 @@ fn run(
         Ok((b, summary))
     })?;
     let tree = t.stage(rep, "tree", |s| {
-        let tree = make_tree(recipe, &ids, &base, s)?;
+        let tree = make_tree(recipe, &ids, &base, &stacks, s)?;
         let n = tree.len();
         Ok((tree, format!("{n} entries")))
     })?;
@@ -243,7 +256,7 @@ fn run(
         for f in recipe.formats.iter().filter(|f| *f != "raw") {
             sums.push(convert(host, &image, staging, recipe, f)?);
         }
-        Ok(((), format!("{}", recipe.formats.join(", "))))
+        Ok(((), recipe.formats.join(", ")))
     })?;
     let manifest = Manifest::new(
         recipe,
@@ -305,6 +318,7 @@ fn make_tree(
     recipe: &Recipe,
     ids: &ImageIds,
     base: &BaseTar,
+    stacks: &stack::Prepared,
     s: &dyn crate::progress::Stage,
 ) -> Result<Tree> {
     s.message("reading base");
@@ -326,7 +340,10 @@ fn make_tree(
         esp_partuuid: &esp,
     };
     tree::generate(&mut tree, &g, recipe.epoch)?;
-    for f in health::image_files(&recipe.image_name, &recipe.version, &recipe.checks) {
+    stack::install(&mut tree, stacks, recipe)?;
+    let mut checks = recipe.checks.clone();
+    checks.extend(stack::health_checks(stacks));
+    for f in health::image_files(&recipe.image_name, &recipe.version, &checks) {
         match f {
             health::GeneratedFile::File {
                 path,

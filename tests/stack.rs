@@ -564,3 +564,60 @@ fn a_registry_that_lies_is_caught() {
         "{e}"
     );
 }
+
+/// E2E material, run by hand or by the e2e tier: `IMAGEBUILD_E2E_HELLO` is the pinned
+/// reference scripts/hello-image.sh pushed to the registry scripts/test-registry.sh
+/// started (`127.0.0.1:5000/hello:1@sha256:...`). Builds amd64 and arm64 images on the
+/// synthetic base from the real registry, cold and then warm, and prints bytes and seconds.
+#[test]
+#[ignore = "needs scripts/test-registry.sh and scripts/hello-image.sh"]
+fn real_registry_pull_for_both_arches() {
+    let reference = std::env::var("IMAGEBUILD_E2E_HELLO").expect("IMAGEBUILD_E2E_HELLO");
+    let hex = reference.rsplit_once("@sha256:").unwrap().1.to_string();
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        let p = Project_::new(arch, DOCKER, &compose(&reference), "");
+        let t = std::time::Instant::now();
+        let cold = p.build("out", "cache").unwrap();
+        let cold_s = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let warm = p.build("out2", "cache").unwrap();
+        let warm_s = t.elapsed().as_secs_f64();
+        assert_eq!(cold.sha256, warm.sha256);
+        let fs = Image::open(&cold.image).unwrap().root().unwrap();
+        let archive = fs
+            .read(&format!("/var/lib/imagebuild/images/{hex}.tar"))
+            .unwrap();
+        let entries = tar_entries(&archive);
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&entries.iter().find(|e| e.0 == "manifest.json").unwrap().1)
+                .unwrap();
+        let config_path = manifest[0]["Config"].as_str().unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&entries.iter().find(|e| e.0 == config_path).unwrap().1)
+                .unwrap();
+        assert_eq!(config["architecture"], arch.debian());
+        let log = std::fs::read_to_string(cold.dir.join("build.log")).unwrap();
+        let stack_s = cold
+            .timings
+            .0
+            .iter()
+            .find(|(n, _)| n == "stacks")
+            .unwrap()
+            .1;
+        let warm_stack_s = warm
+            .timings
+            .0
+            .iter()
+            .find(|(n, _)| n == "stacks")
+            .unwrap()
+            .1;
+        eprintln!(
+            "{arch}: archive {} bytes; stacks stage cold {stack_s:.2} s, warm {warm_stack_s:.2} s; build cold {cold_s:.2} s, warm {warm_s:.2} s; image sha256 {}",
+            archive.len(),
+            cold.sha256
+        );
+        for l in log.lines().filter(|l| l.starts_with("stack: ")) {
+            eprintln!("  {l}");
+        }
+    }
+}

@@ -22,6 +22,7 @@ use crate::profile::{BaseSpec, DiskSize, Project, Recipe};
 use crate::progress::{Reporter, Timings};
 use crate::releases::{self, Release};
 use crate::size::{Bytes, MIB};
+use crate::stack;
 use crate::tree::{self, Package, Tree};
 use crate::verify::health;
 
@@ -140,6 +141,18 @@ fn run(
 ) -> Result<(Built, Option<Lock>)> {
     let mut t = Timings::default();
     let ids = ImageIds::derive(&recipe.id);
+    let stacks = t.stage(rep, "stacks", |_| {
+        let p = stack::prepare(host, &opts.cache, recipe)?;
+        let bytes: u64 = p.images.iter().map(|i| i.len).sum();
+        let summary = format!(
+            "{} stacks, {} images, {} baked, {} fetched",
+            p.stacks.len(),
+            p.images.len(),
+            Bytes(bytes),
+            Bytes(p.fetched)
+        );
+        Ok((p, summary))
+    })?;
     let (base, relocked) = t.stage(rep, "base", |s| {
         let (b, relocked) = if opts.relock {
             let (l, b) = base::make_lock(host, &opts.cache, recipe, true, s)?;
@@ -158,7 +171,7 @@ fn run(
     })?;
     let lock = relocked.as_ref().or(lock);
     let tree = t.stage(rep, "tree", |s| {
-        let tree = make_tree(recipe, &ids, &base, s)?;
+        let tree = make_tree(recipe, &ids, &base, &stacks, s)?;
         if let Some(l) = lock {
             check_stub(&tree, l)?;
         }
@@ -370,6 +383,7 @@ fn make_tree(
     recipe: &Recipe,
     ids: &ImageIds,
     base: &BaseTar,
+    stacks: &stack::Prepared,
     s: &dyn crate::progress::Stage,
 ) -> Result<Tree> {
     s.message("reading base");
@@ -391,7 +405,10 @@ fn make_tree(
         esp_partuuid: &esp,
     };
     tree::generate(&mut tree, &g, recipe.epoch)?;
-    for f in health::image_files(&recipe.image_name, &recipe.version, &recipe.checks) {
+    stack::install(&mut tree, stacks, recipe)?;
+    let mut checks = recipe.checks.clone();
+    checks.extend(stack::health_checks(stacks));
+    for f in health::image_files(&recipe.image_name, &recipe.version, &checks) {
         match f {
             health::GeneratedFile::File {
                 path,

@@ -21,6 +21,7 @@ pub mod profile;
 pub mod progress;
 pub mod releases;
 pub mod size;
+pub mod stack;
 pub mod testing;
 pub mod tree;
 pub mod verify;

@@ -355,3 +355,57 @@ fn the_console_line_stays_under_4_kib() {
     assert!(report.checks.iter().all(|c| !c.ok));
     assert_eq!(run.report.checks.len(), 50, "the journal gets every check");
 }
+
+/// `docker ps` lists FAKE_IDS for project FAKE_PROJECT; `docker inspect` prints FAKE_STATES.
+const FAKE_DOCKER: &str = r#"#!/bin/sh
+case "$1" in
+ps)
+	case "$*" in
+	*"label=com.docker.compose.project=${FAKE_PROJECT:-}"*) printf '%s\n' ${FAKE_IDS:-} ;;
+	esac ;;
+inspect) printf '%s' "${FAKE_STATES:-}" ;;
+*) exit 1 ;;
+esac
+"#;
+
+#[test]
+fn stack_check_wants_every_service_running_and_healthy_where_defined() {
+    let mut h = Harness::new();
+    let docker = h.path("docker");
+    std::fs::write(&docker, FAKE_DOCKER).unwrap();
+    std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    h.set("IMAGEBUILD_DOCKER", docker.to_str().unwrap());
+    h.set("IMAGEBUILD_STACK_TIMEOUT", "0");
+    h.set("FAKE_PROJECT", "web");
+    let stack = |services: &[(&str, bool)]| Check {
+        kind: CheckKind::Stack {
+            project: "web".into(),
+            services: services.iter().map(|(s, h)| (s.to_string(), *h)).collect(),
+        },
+    };
+    let ready = stack(&[("app", true), ("worker", false)]);
+
+    h.set("FAKE_IDS", "a1 b2");
+    h.set("FAKE_STATES", "app running healthy\nworker running none\n");
+    let run = h.run("prod", std::slice::from_ref(&ready));
+    assert!(run.healthy, "{}", run.stdout);
+    assert_eq!(
+        results(&run.report)["stack web"],
+        (true, "2 services ready".into())
+    );
+
+    h.set("FAKE_STATES", "app running starting\nworker exited none\n");
+    let run = h.run("prod", std::slice::from_ref(&ready));
+    assert!(!run.healthy);
+    assert_eq!(
+        results(&run.report)["stack web"],
+        (false, "app: starting, worker: exited".into())
+    );
+
+    h.set("FAKE_IDS", "");
+    let run = h.run("prod", &[stack(&[("app", false)])]);
+    assert_eq!(
+        results(&run.report)["stack web"],
+        (false, "app: no container".into())
+    );
+}

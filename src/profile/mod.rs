@@ -267,7 +267,23 @@ pub struct Recipe {
     pub cmdline: Vec<String>,
     pub modules: Vec<String>,
     pub checks: Vec<crate::verify::health::Check>,
+    pub stacks: Vec<StackSpec>,
     pub merged: Merged,
+}
+
+/// A `[[stack]]` with its paths resolved and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackSpec {
+    pub name: String,
+    /// The compose file as written in the profile (relative to the project).
+    pub compose: String,
+    /// The compose file on the host.
+    pub compose_path: PathBuf,
+    /// Where the `[[stack]]` is (`profiles/x.toml:12`), for errors about it.
+    pub at: String,
+    pub allow_unpinned: bool,
+    /// Local OCI archives on the host, in the order given.
+    pub oci_archives: Vec<PathBuf>,
 }
 
 impl Recipe {
@@ -342,6 +358,7 @@ impl Recipe {
             cmdline: p.boot.cmdline.clone(),
             modules: p.boot.modules.clone(),
             checks: parse_checks(&merged, &p.verify.check)?,
+            stacks: stack_specs(project, &merged, &p.stack)?,
             merged,
         })
     }
@@ -512,6 +529,77 @@ fn overlay_spec(project: &Project, m: &Merged, o: &schema::OverlaySection) -> Re
         modes,
         owners,
     })
+}
+
+fn stack_specs(
+    project: &Project,
+    m: &Merged,
+    stacks: &[schema::StackSection],
+) -> Result<Vec<StackSpec>> {
+    let mut out: Vec<StackSpec> = Vec::new();
+    for s in stacks {
+        let at = m.locate(&format!("\"{}\"", s.name));
+        if !valid_stack_name(&s.name) {
+            return Err(UserError::invalid(format!(
+                "{at}: stack name `{}` is not a compose project name",
+                s.name
+            ))
+            .hint("use lowercase letters, digits, `_` and `-`, starting with a letter or digit")
+            .into());
+        }
+        if out.iter().any(|o| o.name == s.name) {
+            return Err(
+                UserError::invalid(format!("{at}: two stacks are named `{}`", s.name))
+                    .hint("give each [[stack]] its own name")
+                    .into(),
+            );
+        }
+        let compose_at = m.locate(&format!("\"{}\"", s.compose));
+        let compose_path = project.root.join(&s.compose);
+        if !compose_path.is_file() {
+            return Err(UserError::invalid(format!(
+                "{compose_at}: compose file {} of stack `{}` does not exist",
+                s.compose, s.name
+            ))
+            .hint(format!(
+                "create {} or fix `compose` of this [[stack]]",
+                s.compose
+            ))
+            .into());
+        }
+        let mut oci_archives = Vec::new();
+        for a in &s.oci_archives {
+            let path = project.root.join(a);
+            if !path.is_file() {
+                return Err(UserError::invalid(format!(
+                    "{}: OCI archive {a} of stack `{}` does not exist",
+                    m.locate(&format!("\"{a}\"")),
+                    s.name
+                ))
+                .hint(format!("create {a} (e.g. `skopeo copy docker://IMAGE oci-archive:{a}`) or remove it from `oci-archives`"))
+                .into());
+            }
+            oci_archives.push(path);
+        }
+        out.push(StackSpec {
+            name: s.name.clone(),
+            compose: s.compose.clone(),
+            compose_path,
+            at,
+            allow_unpinned: s.allow_unpinned,
+            oci_archives,
+        });
+    }
+    Ok(out)
+}
+
+/// A compose project name: `[a-z0-9][a-z0-9_-]*`.
+fn valid_stack_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ pub struct ProfileFile {
     pub boot: BootSection,
     #[serde(default)]
     pub verify: VerifySection,
+    /// Docker Compose stacks baked into the image, each with its container images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<StackSection>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -120,6 +123,23 @@ pub struct VerifySection {
     /// Health checks run inside the booted image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub check: Vec<toml::Table>,
+}
+
+/// One `[[stack]]`: a Docker Compose project started at boot from images baked into the image.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StackSection {
+    /// The compose project name, `[a-z0-9][a-z0-9_-]*`.
+    pub name: String,
+    /// The compose file, relative to the project.
+    pub compose: String,
+    /// Resolve `name:tag` images without a digest at build time instead of failing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unpinned: bool,
+    /// Local OCI image-layout archives (tar), relative to the project, searched before any
+    /// registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oci_archives: Vec<String>,
 }
 
 /// A target architecture, named the Debian way.

@@ -131,10 +131,10 @@ impl Ids {
         let mut users = BTreeMap::new();
         for l in String::from_utf8_lossy(&passwd).lines() {
             let f: Vec<&str> = l.split(':').collect();
-            if let (Some(n), Some(u), Some(g)) = (f.first(), f.get(2), f.get(3)) {
-                if let (Ok(u), Ok(g)) = (u.parse(), g.parse()) {
-                    users.insert((*n).to_string(), (u, g));
-                }
+            if let (Some(n), Some(u), Some(g)) = (f.first(), f.get(2), f.get(3))
+                && let (Ok(u), Ok(g)) = (u.parse(), g.parse())
+            {
+                users.insert((*n).to_string(), (u, g));
             }
         }
         let mut groups = BTreeMap::new();

@@ -54,6 +54,13 @@ pub enum CheckKind {
     Command(String),
     /// `GET` over HTTP/1.0 answers with `status` within 10 s.
     Http { url: HttpUrl, status: u16 },
+    /// Every service of compose project `project` has a running container, healthy where
+    /// the flag says the compose file defines a healthcheck (from `[[stack]]`, not from
+    /// `[[verify.check]]`).
+    Stack {
+        project: String,
+        services: Vec<(String, bool)>,
+    },
 }
 
 /// A plain `http://host[:port][/path]` URL, split for bash's `/dev/tcp`.
@@ -219,6 +226,7 @@ impl Check {
             CheckKind::Tcp(port) => format!("tcp {port}"),
             CheckKind::Command(command) => format!("command {command}"),
             CheckKind::Http { url, status } => format!("http {url} {status}"),
+            CheckKind::Stack { project, .. } => format!("stack {project}"),
         }
     }
 
@@ -235,6 +243,22 @@ impl Check {
                 url.port,
                 sh_quote(&url.path)
             ),
+            CheckKind::Stack { project, services } => {
+                let specs: Vec<String> = services
+                    .iter()
+                    .map(|(name, health)| {
+                        sh_quote(&format!(
+                            "{name}:{}",
+                            if *health { "healthy" } else { "running" }
+                        ))
+                    })
+                    .collect();
+                format!(
+                    "check_stack {label} {} {}",
+                    sh_quote(project),
+                    specs.join(" ")
+                )
+            }
         }
     }
 }

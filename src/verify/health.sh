@@ -12,12 +12,16 @@
 #   IMAGEBUILD_PROC_NET        directory holding tcp and tcp6 (default: /proc/net)
 #   IMAGEBUILD_CONSOLE         console device, empty for none (default: /dev/console)
 #   IMAGEBUILD_SETTLE_TIMEOUT  seconds to wait for other jobs (default: 100)
+#   IMAGEBUILD_DOCKER          docker to call (default: docker)
+#   IMAGEBUILD_STACK_TIMEOUT   seconds a stack may take to become ready (default: 60)
 set -u -f
 export LC_ALL=C
 SYSTEMCTL=${IMAGEBUILD_SYSTEMCTL:-systemctl}
 PROC_NET=${IMAGEBUILD_PROC_NET:-/proc/net}
 CONSOLE=${IMAGEBUILD_CONSOLE-/dev/console}
 SETTLE_TIMEOUT=${IMAGEBUILD_SETTLE_TIMEOUT:-100}
+DOCKER=${IMAGEBUILD_DOCKER:-docker}
+STACK_TIMEOUT=${IMAGEBUILD_STACK_TIMEOUT:-60}
 SELF=imagebuild-health.service
 # At most this many names per list, each cut to NAME_MAX bytes: keeps the line short.
 MAX_NAMES=6
@@ -157,6 +161,52 @@ check_command() {
 	else
 		report "$1" false "exit $rc"
 	fi
+}
+
+# stack_containers PROJECT: one line per container of compose project PROJECT:
+# SERVICE STATE HEALTH (HEALTH is `none` without a healthcheck).
+stack_containers() {
+	local ids
+	ids=$("$DOCKER" ps --all --quiet --filter "label=com.docker.compose.project=$1" 2>/dev/null) || return 0
+	[ -n "$ids" ] || return 0
+	"$DOCKER" inspect --format \
+		'{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' \
+		$ids 2>/dev/null
+}
+
+# stack_problems PROJECT SERVICE:WANT...: what keeps the services from being ready, WANT
+# being `running` or `healthy`; nothing when all are.
+stack_problems() {
+	local project=$1 containers spec problems=""
+	shift
+	containers=$(stack_containers "$project")
+	for spec in "$@"; do
+		problems+=$(printf '%s\n' "$containers" | awk -v svc="${spec%:*}" -v want="${spec##*:}" '
+			$1 == svc { seen = 1; if ($2 == "running") { run = 1; if ($3 == "healthy") ok = 1; else h = $3 } else st = $2 }
+			END {
+				if (!seen) printf "%s: no container, ", svc
+				else if (!run) printf "%s: %s, ", svc, st
+				else if (want == "healthy" && !ok) printf "%s: %s, ", svc, h
+			}')
+	done
+	printf '%s' "${problems%, }"
+}
+
+# check_stack LABEL_JSON PROJECT SERVICE:WANT...: every service of the compose project has a
+# running container (healthy where WANT is `healthy`), within STACK_TIMEOUT seconds.
+check_stack() {
+	local label=$1 project=$2 problems deadline=$((SECONDS + STACK_TIMEOUT))
+	shift 2
+	while :; do
+		problems=$(stack_problems "$project" "$@")
+		if [ -z "$problems" ]; then
+			report "$label" true "$# services ready"
+			return
+		fi
+		[ "$SECONDS" -lt "$deadline" ] || break
+		sleep 2
+	done
+	report "$label" false "$problems"
 }
 
 # health_line CHECKS_JSON: the report line.

@@ -243,7 +243,7 @@ fn run(
         for f in recipe.formats.iter().filter(|f| *f != "raw") {
             sums.push(convert(host, &image, staging, recipe, f)?);
         }
-        Ok(((), format!("{}", recipe.formats.join(", "))))
+        Ok(((), recipe.formats.join(", ")))
     })?;
     let manifest = Manifest::new(
         recipe,
@@ -340,6 +340,11 @@ fn make_tree(
             }
         }
     }
+    s.message("users");
+    tree::apply_users(&mut tree, &recipe.users, recipe.epoch)?;
+    // Last: every unit (packages, overlays, stacks) is in the tree by now.
+    s.message("services");
+    tree::apply_services(&mut tree, &recipe.services, recipe.epoch)?;
     tree.normalise(recipe.epoch);
     s.message("checking ELF architectures");
     tree::check_architecture(&tree, recipe.arch)?;

@@ -109,7 +109,7 @@ fn convert(entry: &mut tar::Entry<'_, &File>) -> Result<Entry> {
     let uid = u32::try_from(h.uid()?).context("uid out of range")?;
     let gid = u32::try_from(h.gid()?).context("gid out of range")?;
     let mtime = i64::try_from(h.mtime()?).unwrap_or(0);
-    let link = || -> Result<String> { Ok(entry_link(entry)?.context("link without a target")?) };
+    let link = || -> Result<String> { entry_link(entry)?.context("link without a target") };
     let kind = match h.entry_type() {
         EntryType::Directory => Kind::Dir,
         EntryType::Regular | EntryType::Continuous => Kind::File(Content::Base {

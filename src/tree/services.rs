@@ -626,6 +626,28 @@ mod tests {
     }
 
     #[test]
+    fn disabling_through_an_alias_disables_the_unit() {
+        let (_d, mut t) = base();
+        let spec = ServicesSpec {
+            enable: located(&["ssh.service"]),
+            ..ServicesSpec::default()
+        };
+        apply_services(&mut t, &spec, 7).unwrap();
+        let spec = ServicesSpec {
+            disable: located(&["sshd.service"]),
+            ..ServicesSpec::default()
+        };
+        let applied = apply_services(&mut t, &spec, 7).unwrap();
+        assert_eq!(
+            applied.removed,
+            [
+                "etc/systemd/system/multi-user.target.wants/ssh.service",
+                "etc/systemd/system/sshd.service"
+            ]
+        );
+    }
+
+    #[test]
     fn bad_units_name_the_profile_line() {
         let err = |enable: &[&str]| {
             let (_d, mut t) = base();

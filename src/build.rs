@@ -422,6 +422,11 @@ fn make_tree(
             }
         }
     }
+    s.message("users");
+    tree::apply_users(&mut tree, &recipe.users, recipe.epoch)?;
+    // Last: every unit (packages, overlays, stacks) is in the tree by now.
+    s.message("services");
+    tree::apply_services(&mut tree, &recipe.services, recipe.epoch)?;
     tree.normalise(recipe.epoch);
     s.message("checking ELF architectures");
     tree::check_architecture(&tree, recipe.arch)?;

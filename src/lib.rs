@@ -20,6 +20,7 @@ pub mod output;
 pub mod profile;
 pub mod progress;
 pub mod releases;
+pub mod secrets;
 pub mod size;
 pub mod stack;
 pub mod testing;

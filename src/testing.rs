@@ -1,7 +1,9 @@
 //! A small synthetic root filesystem, for tests that must not need the network: it has
-//! what the pipeline looks at (passwd, os-release symlink, dpkg status, SSH host
-//! keys, a setuid binary, a hard link, a device node, a file capability). It has no
-//! kernel, so images built from it have an empty ESP.
+//! what the pipeline looks at (passwd, group, shadow and gshadow as Debian 13 writes
+//! them, /etc/skel, os-release symlink, dpkg status, SSH host keys and an sshd_config,
+//! systemd units with [Install] sections and one enabled timer, merged /usr, a setuid
+//! binary, a hard link, a device node, a file capability). It has no kernel, so images
+//! built from it have an empty ESP.
 
 use crate::profile::Arch;
 
@@ -18,10 +20,18 @@ pub fn synthetic_base_tar_with_packages(arch: Arch, packages: &[(&str, &str)]) -
         "boot",
         "dev",
         "etc",
+        "etc/skel",
         "etc/ssh",
+        "etc/ssh/sshd_config.d",
+        "etc/systemd",
+        "etc/systemd/system",
+        "etc/systemd/system/timers.target.wants",
+        "home",
         "usr",
         "usr/bin",
         "usr/lib",
+        "usr/lib/systemd",
+        "usr/lib/systemd/system",
         "usr/sbin",
         "var",
         "var/lib",
@@ -32,27 +42,49 @@ pub fn synthetic_base_tar_with_packages(arch: Arch, packages: &[(&str, &str)]) -
     }
     add(
         &mut b,
+        "lib",
+        tar::EntryType::Symlink,
+        0o777,
+        b"",
+        Some("usr/lib"),
+    );
+    for (path, mode, text) in ACCOUNT_FILES.iter().chain(SKEL) {
+        add(
+            &mut b,
+            path,
+            tar::EntryType::Regular,
+            *mode,
+            text.as_bytes(),
+            None,
+        );
+    }
+    for (name, text) in UNITS {
+        let path = format!("usr/lib/systemd/system/{name}");
+        add(
+            &mut b,
+            &path,
+            tar::EntryType::Regular,
+            0o644,
+            text.as_bytes(),
+            None,
+        );
+    }
+    // Debian enables apt-daily.timer when apt is installed.
+    add(
+        &mut b,
+        "etc/systemd/system/timers.target.wants/apt-daily.timer",
+        tar::EntryType::Symlink,
+        0o777,
+        b"",
+        Some("/usr/lib/systemd/system/apt-daily.timer"),
+    );
+    add(
+        &mut b,
         "bin",
         tar::EntryType::Symlink,
         0o777,
         b"",
         Some("usr/bin"),
-    );
-    add(
-        &mut b,
-        "etc/passwd",
-        tar::EntryType::Regular,
-        0o644,
-        b"root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www:/var/www:/usr/sbin/nologin\n",
-        None,
-    );
-    add(
-        &mut b,
-        "etc/group",
-        tar::EntryType::Regular,
-        0o644,
-        b"root:x:0:\nwww-data:x:33:\nshadow:x:42:\n",
-        None,
     );
     add(
         &mut b,
@@ -113,6 +145,14 @@ pub fn synthetic_base_tar_with_packages(arch: Arch, packages: &[(&str, &str)]) -
     );
     add(
         &mut b,
+        "usr/bin/bash",
+        tar::EntryType::Regular,
+        0o755,
+        &elf,
+        None,
+    );
+    add(
+        &mut b,
         "usr/sbin/sshd",
         tar::EntryType::Regular,
         0o755,
@@ -147,6 +187,84 @@ pub fn synthetic_base_tar_with_packages(arch: Arch, packages: &[(&str, &str)]) -
     );
     b.into_inner().unwrap()
 }
+
+/// Account files as a Debian 13 minbase has them (shadow files 0640 root:shadow in
+/// Debian; root-owned here, the tar header has no group argument).
+pub const ACCOUNT_FILES: &[(&str, u32, &str)] = &[
+    (
+        "etc/passwd",
+        0o644,
+        "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    ),
+    (
+        "etc/group",
+        0o644,
+        "root:x:0:\ndaemon:x:1:\nsudo:x:27:\nwww-data:x:33:\nshadow:x:42:\nusers:x:100:\nnogroup:x:65534:\n",
+    ),
+    (
+        "etc/shadow",
+        0o640,
+        "root:*:20454:0:99999:7:::\ndaemon:*:20454:0:99999:7:::\nwww-data:*:20454:0:99999:7:::\nnobody:*:20454:0:99999:7:::\n",
+    ),
+    (
+        "etc/gshadow",
+        0o640,
+        "root:*::\ndaemon:*::\nsudo:*::\nwww-data:*::\nshadow:*::\nusers:*::\nnogroup:*::\n",
+    ),
+    (
+        "etc/ssh/sshd_config",
+        0o644,
+        "\n# This is the sshd server system-wide configuration file.\n\nInclude /etc/ssh/sshd_config.d/*.conf\n\n#PermitRootLogin prohibit-password\nKbdInteractiveAuthentication no\nUsePAM yes\nX11Forwarding yes\nSubsystem\tsftp\t/usr/lib/openssh/sftp-server\n",
+    ),
+];
+
+/// /etc/skel as base-files and bash leave it.
+const SKEL: &[(&str, u32, &str)] = &[
+    ("etc/skel/.bashrc", 0o644, "# ~/.bashrc\n"),
+    ("etc/skel/.profile", 0o644, "# ~/.profile\n"),
+    ("etc/skel/.bash_logout", 0o644, "# ~/.bash_logout\n"),
+];
+
+/// Units in /usr/lib/systemd/system, shaped like Debian 13's (docker.io, openssh-server,
+/// apt, util-linux, systemd).
+pub const UNITS: &[(&str, &str)] = &[
+    (
+        "docker.service",
+        "[Unit]\nDescription=Docker Application Container Engine\nAfter=network-online.target docker.socket\nRequires=docker.socket\n\n[Service]\nType=notify\nExecStart=/usr/sbin/dockerd -H fd://\n\n[Install]\nWantedBy=multi-user.target\n",
+    ),
+    (
+        "docker.socket",
+        "[Unit]\nDescription=Docker Socket for the API\n\n[Socket]\nListenStream=/run/docker.sock\nSocketGroup=docker\n\n[Install]\nWantedBy=sockets.target\n",
+    ),
+    (
+        "ssh.service",
+        "[Unit]\nDescription=OpenBSD Secure Shell server\nAfter=network.target auditd.service\n\n[Service]\nExecStart=/usr/sbin/sshd -D $SSHD_OPTS\n\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n",
+    ),
+    (
+        "apt-daily.timer",
+        "[Unit]\nDescription=Daily apt download activities\n\n[Timer]\nOnCalendar=*-*-* 6,18:00\nRandomizedDelaySec=12h\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n",
+    ),
+    (
+        "apt-daily.service",
+        "[Unit]\nDescription=Daily apt download activities\nDocumentation=man:apt(8)\n\n[Service]\nType=oneshot\nExecStart=/usr/lib/apt/apt.systemd.daily update\n",
+    ),
+    (
+        "getty@.service",
+        "[Unit]\nDescription=Getty on %I\n\n[Service]\nExecStart=-/sbin/agetty -o '-- \\\\u' --noreset --noclear - ${TERM}\n\n[Install]\nWantedBy=getty.target\nDefaultInstance=tty1\n",
+    ),
+    (
+        "serial-getty@.service",
+        "[Unit]\nDescription=Serial Getty on %I\n\n[Service]\nExecStart=-/sbin/agetty -o '-- \\\\u' --keep-baud 115200,57600,38400,9600 - ${TERM}\n\n[Install]\nWantedBy=getty.target\n",
+    ),
+    (
+        "fstrim.timer",
+        "[Unit]\nDescription=Discard unused filesystem blocks once a week\n\n[Timer]\nOnCalendar=weekly\n\n[Install]\nWantedBy=timers.target\nAlso=fstrim.service\n",
+    ),
+    (
+        "fstrim.service",
+        "[Unit]\nDescription=Discard unused blocks on filesystems from /etc/fstab\n\n[Service]\nType=oneshot\nExecStart=/sbin/fstrim --listed-in /etc/fstab:/proc/self/mountinfo --verbose --quiet-unsupported\n",
+    ),
+];
 
 fn dpkg_status(packages: &[(&str, &str)]) -> String {
     let mut s: String = packages

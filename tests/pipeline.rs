@@ -755,3 +755,191 @@ fn a_tampered_deb_in_the_cache_is_rejected() {
     assert!(e.contains(&format!("delete {}", deb.display())), "{e}");
     assert!(fx.finished_outputs().is_empty());
 }
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKqgF6LkowDlR0Cw91FyTwbjG8n14roD7C7XW2antTHi ops@laptop";
+
+/// Profile `t` plus a deploy user (line 17 is its name, 19 its groups) and [services]
+/// (line 22).
+fn access_profile(base: &str, groups: &str, services: &str) -> String {
+    format!(
+        "{base}\n[[user]]\nname = \"deploy\"\nssh-keys = [\"{KEY}\"]\ngroups = [{groups}]\n\n[services]\n{services}\n"
+    )
+}
+
+fn access_fixture() -> Fixture {
+    let fx = Fixture::new(Arch::Amd64);
+    fx.use_base(&synthetic_base_tar_with_packages(
+        Arch::Amd64,
+        &[
+            ("base-files", "13.8"),
+            ("openssh-server", "1:10.0p1-7"),
+            ("sudo", "1.9.16p2-3"),
+        ],
+    ));
+    fx
+}
+
+#[test]
+fn users_and_services_read_back_from_the_image() {
+    let fx = access_fixture();
+    let text = access_profile(
+        &fx.profile_text(),
+        "\"sudo\"",
+        "enable = [\"docker.service\"]\ndisable = [\"apt-daily.timer\"]",
+    );
+    fx.write_profile("t", &text);
+    let a = fx.build_into("t", "out-a").unwrap();
+    let img = Image::open(&a.image).unwrap();
+    let fs = img.root().unwrap();
+    let keys = fs.metadata("/home/deploy/.ssh/authorized_keys").unwrap();
+    assert_eq!((keys.mode(), keys.uid(), keys.gid()), (0o600, 1000, 1000));
+    assert_eq!(
+        fs.read_to_string("/home/deploy/.ssh/authorized_keys")
+            .unwrap(),
+        format!("{KEY}\n")
+    );
+    let ssh = fs.metadata("/home/deploy/.ssh").unwrap();
+    assert_eq!((ssh.mode(), ssh.uid(), ssh.gid()), (0o700, 1000, 1000));
+    let home = fs.metadata("/home/deploy").unwrap();
+    assert_eq!((home.mode(), home.uid(), home.gid()), (0o700, 1000, 1000));
+    assert_eq!(fs.metadata("/home/deploy/.profile").unwrap().uid(), 1000);
+    let shadow = fs.read_to_string("/etc/shadow").unwrap();
+    assert!(
+        shadow.starts_with("root:!*:20454:"),
+        "root is locked: {shadow}"
+    );
+    assert!(
+        shadow.ends_with("\ndeploy:!*:20454:0:99999:7:::\n"),
+        "{shadow}"
+    );
+    assert!(
+        fs.read_to_string("/etc/passwd")
+            .unwrap()
+            .ends_with("\ndeploy:x:1000:1000::/home/deploy:/bin/bash\n")
+    );
+    assert!(
+        fs.read_to_string("/etc/group")
+            .unwrap()
+            .contains("\nsudo:x:27:deploy\n")
+    );
+    let sudoers = fs.metadata("/etc/sudoers.d/imagebuild-deploy").unwrap();
+    assert_eq!((sudoers.mode(), sudoers.uid()), (0o440, 0));
+    let dropin = fs
+        .read_to_string("/etc/ssh/sshd_config.d/10-imagebuild.conf")
+        .unwrap();
+    for line in [
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin no",
+    ] {
+        assert!(dropin.contains(&format!("\n{line}\n")), "{dropin}");
+    }
+    assert_eq!(
+        fs.read_link("/etc/systemd/system/multi-user.target.wants/docker.service")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "/usr/lib/systemd/system/docker.service"
+    );
+    assert!(
+        !fs.exists("/etc/systemd/system/timers.target.wants/apt-daily.timer")
+            .unwrap()
+    );
+    assert!(
+        fs.read_to_string("/etc/systemd/system-preset/50-imagebuild.preset")
+            .unwrap()
+            .contains("enable docker.service\ndisable apt-daily.timer\n")
+    );
+
+    std::fs::remove_dir_all(fx.root().join("cache")).unwrap();
+    let b = fx.build_into("t", "out-b").unwrap();
+    assert_eq!(a.sha256, b.sha256, "two builds are identical");
+}
+
+#[test]
+fn bad_users_and_services_name_the_profile_line() {
+    let fx = access_fixture();
+    let base = fx.profile_text();
+    let cases = [
+        (
+            "\"docker\"",
+            "",
+            "profiles/t.toml:19: [[user]] deploy: group \"docker\" does not exist in the image",
+        ),
+        (
+            "",
+            "enable = [\"nginx.service\"]",
+            "profiles/t.toml:22: [services] enable: unit nginx.service does not exist in the image",
+        ),
+        (
+            "",
+            "enable = [\"apt-daily.service\"]",
+            "profiles/t.toml:22: [services] enable: apt-daily.service has no [Install] section",
+        ),
+    ];
+    for (groups, services, want) in cases {
+        fx.write_profile("t", &access_profile(&base, groups, services));
+        let e = error_text(&fx.build("t").unwrap_err());
+        assert!(e.contains(want), "want {want}\ngot {e}");
+    }
+    assert!(fx.finished_outputs().is_empty());
+}
+
+#[test]
+fn private_key_in_ssh_keys_is_refused_without_echoing_it() {
+    let fx = access_fixture();
+    let text = format!(
+        "{}\n[[user]]\nname = \"deploy\"\nssh-keys = [\"\"\"\n-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH PRIVATE KEY-----\n\"\"\"]\n",
+        fx.profile_text()
+    );
+    fx.write_profile("t", &text);
+    let e = error_text(&fx.build("t").unwrap_err());
+    assert!(
+        e.contains("profiles/t.toml:19: [[user]] deploy: ssh-keys entry 1 is a private key (BEGIN OPENSSH PRIVATE KEY), not a public key"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("b3BlbnNzaC1rZXktdjE"),
+        "the key is not echoed: {e}"
+    );
+    assert!(e.contains("ssh-keygen -y -f KEY"), "{e}");
+}
+
+#[test]
+fn secrets_in_overlays_are_refused_unless_allowed() {
+    let fx = Fixture::new(Arch::Amd64);
+    let key = fx.root().join("overlays/app/etc/app/tls.key");
+    std::fs::write(&key, "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n").unwrap();
+    let e = error_text(&fx.build("t").unwrap_err());
+    assert!(
+        e.contains("overlays/app/etc/app/tls.key:1: a private key (BEGIN RSA PRIVATE KEY) in overlay overlays/app (profiles/t.toml:12)"),
+        "{e}"
+    );
+    assert!(
+        e.contains("provide it at deploy time")
+            && e.contains("allow-secrets = [\\\"etc/app/tls.key\\\"]"),
+        "{e}"
+    );
+    assert!(fx.finished_outputs().is_empty());
+
+    let text = fx.profile_text();
+    let allowed = text.replace(
+        "mode = {",
+        "allow-secrets = [\"etc/app/tls.key\"]\nmode = {",
+    );
+    fx.write_profile("t", &allowed);
+    let built = fx.build("t").unwrap();
+    let img = Image::open(&built.image).unwrap();
+    assert!(img.root().unwrap().exists("/etc/app/tls.key").unwrap());
+
+    std::fs::write(
+        fx.root().join("overlays/app/etc/app/users.conf"),
+        format!("# users\nadmin = \"$6$saltsalt${}\"\n", "x".repeat(86)),
+    )
+    .unwrap();
+    let e = error_text(&fx.build("t").unwrap_err());
+    assert!(
+        e.contains("overlays/app/etc/app/users.conf:2: a password hash ($6$, SHA-512 crypt) in overlay overlays/app"),
+        "{e}"
+    );
+}

@@ -1,6 +1,7 @@
 //! Profiles: TOML files in `profiles/`, composed with `extends`, merged, validated and
 //! digested into a [`Recipe`], the one description of an image every later stage reads.
 
+pub mod access;
 mod merge;
 pub mod schema;
 
@@ -13,6 +14,7 @@ use toml::Table;
 
 use crate::error::UserError;
 use crate::size::{Bytes, MIB};
+pub use access::{Located, ServicesSpec, UserSpec};
 pub use schema::{Arch, ProfileFile};
 
 /// Default Debian suite.
@@ -244,6 +246,10 @@ pub struct OverlaySpec {
     pub dir: PathBuf,
     pub modes: BTreeMap<String, u32>,
     pub owners: BTreeMap<String, String>,
+    /// Paths (relative to the overlay) that may hold a private key or password hash.
+    pub allow_secrets: Vec<String>,
+    /// Where the overlay is declared ("profiles/x.toml:12").
+    pub at: String,
 }
 
 /// A merged, validated profile: everything a build needs to know.
@@ -268,6 +274,9 @@ pub struct Recipe {
     pub modules: Vec<String>,
     pub checks: Vec<crate::verify::health::Check>,
     pub stacks: Vec<StackSpec>,
+    /// Login accounts, in profile order.
+    pub users: Vec<UserSpec>,
+    pub services: ServicesSpec,
     pub merged: Merged,
 }
 
@@ -359,6 +368,8 @@ impl Recipe {
             modules: p.boot.modules.clone(),
             checks: parse_checks(&merged, &p.verify.check)?,
             stacks: stack_specs(project, &merged, &p.stack)?,
+            users: access::users(&merged, &p.user)?,
+            services: access::services(&merged, &p.services)?,
             merged,
         })
     }
@@ -495,10 +506,10 @@ fn base_spec(project: &Project, m: &Merged, p: &ProfileFile) -> Result<BaseSpec>
 
 fn overlay_spec(project: &Project, m: &Merged, o: &schema::OverlaySection) -> Result<OverlaySpec> {
     let dir = project.root.join(&o.path);
+    let at = m.locate(&format!("\"{}\"", o.path));
     if !dir.is_dir() {
         return Err(UserError::invalid(format!(
-            "{}: overlay directory {} does not exist",
-            m.locate(&format!("\"{}\"", o.path)),
+            "{at}: overlay directory {} does not exist",
             o.path
         ))
         .hint(format!("create {} or remove this [[overlay]]", o.path))
@@ -528,6 +539,12 @@ fn overlay_spec(project: &Project, m: &Merged, o: &schema::OverlaySection) -> Re
         dir,
         modes,
         owners,
+        allow_secrets: o
+            .allow_secrets
+            .iter()
+            .map(|p| p.trim_matches('/').to_string())
+            .collect(),
+        at,
     })
 }
 

@@ -32,6 +32,12 @@ pub struct ProfileFile {
     /// Docker Compose stacks baked into the image, each with its container images.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stack: Vec<StackSection>,
+    /// Login accounts, in order (uids are allocated in this order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user: Vec<UserSection>,
+    /// systemd units enabled, disabled or masked at build time.
+    #[serde(default)]
+    pub services: ServicesSection,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -96,6 +102,9 @@ pub struct OverlaySection {
     /// Owners of overlay paths ("srv/app" = "1000:1000" or "www-data:www-data"); default root:root.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub owner: BTreeMap<String, String>,
+    /// Overlay paths that may hold a private key or a password hash, deliberately.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_secrets: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -140,6 +149,46 @@ pub struct StackSection {
     /// registry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub oci_archives: Vec<String>,
+}
+
+/// One `[[user]]`: a login account with SSH keys and no password.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct UserSection {
+    /// Login name (a valid Debian user name).
+    pub name: String,
+    /// Fixed uid; default: the first free id >= 1000, in profile order.
+    pub uid: Option<u32>,
+    /// Fixed gid of the user's own group (named like the user); default: the uid.
+    pub gid: Option<u32>,
+    /// An existing group as the primary group instead of a group of the user's own.
+    pub group: Option<String>,
+    /// Supplementary groups; each must exist in the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// OpenSSH public keys for ~/.ssh/authorized_keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
+    /// Login shell; default /bin/bash if the image has it, else /bin/sh.
+    pub shell: Option<String>,
+    /// Home directory; default /home/NAME.
+    pub home: Option<String>,
+    /// Passwordless sudo through /etc/sudoers.d (also implied by "sudo" in groups).
+    pub sudo: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServicesSection {
+    /// Units enabled as `systemctl enable` would.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enable: Vec<String>,
+    /// Units disabled as `systemctl disable` would.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disable: Vec<String>,
+    /// Units masked (linked to /dev/null) as `systemctl mask` would.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mask: Vec<String>,
 }
 
 /// A target architecture, named the Debian way.

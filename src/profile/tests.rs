@@ -149,3 +149,74 @@ fn missing_required_key_says_where_to_add_it() {
     assert!(msg.contains("no `version`"), "{msg}");
     assert!(hints[0].contains("under [image]"));
 }
+
+#[test]
+fn users_and_services_are_read_with_defaults() {
+    let text = format!(
+        "{BASE}\n[[user]]\nname = \"deploy\"\ngroups = [\"sudo\", \"docker\"]\n\n[services]\nenable = [\"docker\", \"ssh.service\"]\ndisable = [\"apt-daily.timer\"]\n"
+    );
+    let (_d, p) = project(&[
+        ("profiles/base.toml", &text),
+        (
+            "profiles/x.toml",
+            "extends = [\"base\"]\n[[user]]\nname = \"ci\"\nuid = 2000\n[services]\nenable = [\"docker.service\"]\n",
+        ),
+    ]);
+    let r = Recipe::load(&p, "x").unwrap();
+    let names: Vec<_> = r.users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["deploy", "ci"]);
+    let deploy = &r.users[0];
+    assert!(deploy.sudo, "sudo in groups means sudo");
+    assert_eq!(deploy.home, "/home/deploy");
+    assert_eq!(deploy.at, "profiles/base.toml:10");
+    assert_eq!(deploy.groups[1].name, "docker");
+    assert_eq!(deploy.groups[1].at, "profiles/base.toml:11");
+    assert_eq!(r.users[1].uid, Some(2000));
+    let enable: Vec<_> = r.services.enable.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(
+        enable,
+        ["docker.service", "ssh.service"],
+        "a union, with .service added"
+    );
+    assert_eq!(r.services.disable[0].at, "profiles/base.toml:15");
+}
+
+#[test]
+fn bad_users_and_services_name_file_and_line() {
+    let cases = [
+        (
+            "[[user]]\nname = \"Deploy\"\n",
+            "profiles/x.toml:10: [[user]] name \"Deploy\" must start with a lowercase letter",
+        ),
+        (
+            "[[user]]\nname = \"a\"\ngid = 1000\ngroup = \"users\"\n",
+            "profiles/x.toml:10: [[user]] a: sets both gid and group",
+        ),
+        (
+            "[[user]]\nname = \"a\"\nssh-keys = [\"ssh-rsa AAAA\"]\n",
+            "profiles/x.toml:11: [[user]] a: ssh-keys entry 1 (ssh-rsa) has a base64 blob that is not a ssh-rsa key",
+        ),
+        (
+            "[[user]]\nname = \"a\"\n[[user]]\nname = \"a\"\n",
+            "profiles/x.toml:10: [[user]] a: is defined twice",
+        ),
+        (
+            "[services]\nenable = [\"x.timer\"]\nmask = [\"x.timer\"]\n",
+            "profiles/x.toml:10: [services]: x.timer is in both enable and mask",
+        ),
+        (
+            "[services]\nenable = [\"../x\"]\n",
+            "profiles/x.toml:10: [services]: \"../x\" is not a unit name",
+        ),
+        (
+            "[[user]]\nname = \"a\"\npassword = \"x\"\n",
+            "profiles/x.toml:11: unknown field `password`",
+        ),
+    ];
+    for (extra, want) in cases {
+        let text = format!("{BASE}\n{extra}");
+        let (_d, p) = project(&[("profiles/x.toml", &text)]);
+        let (msg, _) = err(&p, "x");
+        assert!(msg.starts_with(want), "want {want}\ngot  {msg}");
+    }
+}

@@ -5,7 +5,9 @@
 mod elf;
 pub mod generate;
 mod overlay;
+pub mod services;
 mod tario;
+pub mod users;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -19,6 +21,8 @@ use anyhow::{Context, Result};
 pub use elf::check_architecture;
 pub use generate::{Generated, Package, generate, installed_packages, kernel_versions};
 pub use overlay::apply_overlay;
+pub use services::apply_services;
+pub use users::apply_users;
 
 /// Where a regular file's bytes are.
 #[derive(Debug, Clone)]

@@ -2,8 +2,12 @@
 //! Files and symlinks replace what is there; directories that already exist keep their
 //! owner and mode unless the profile gives one. Everything an overlay adds is root:root,
 //! 0644 (0755 when executable on the host, and for directories), unless the profile says.
+//! An overlay file holding a private key or a password hash is an error unless its path
+//! is listed in the overlay's `allow-secrets`.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -12,12 +16,14 @@ use anyhow::{Context, Result};
 use super::{Content, Entry, Kind, Tree};
 use crate::error::UserError;
 use crate::profile::OverlaySpec;
+use crate::secrets;
 
 /// Copies `spec.dir` onto the tree. Returns the number of paths applied.
 pub fn apply_overlay(tree: &mut Tree, spec: &OverlaySpec, epoch: i64) -> Result<usize> {
     let mut paths = Vec::new();
     walk(&spec.dir, "", &mut paths).with_context(|| format!("reading overlay {}", spec.path))?;
     check_attrs_exist(spec, &paths)?;
+    check_secrets(spec, &paths)?;
     let ids = Ids::from_tree(tree)?;
     for rel in &paths {
         let host = spec.dir.join(rel);
@@ -105,13 +111,45 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
 }
 
 fn check_attrs_exist(spec: &OverlaySpec, paths: &[String]) -> Result<()> {
-    for p in spec.modes.keys().chain(spec.owners.keys()) {
+    let given = spec.modes.keys().chain(spec.owners.keys());
+    for p in given.chain(&spec.allow_secrets) {
         if !paths.iter().any(|x| x == p) {
             return Err(UserError::invalid(format!(
-                "overlay {}: a mode or owner is given for {p}, but {}/{p} does not exist",
+                "overlay {}: a mode, owner or allow-secrets entry is given for {p}, but {}/{p} does not exist",
                 spec.path, spec.path
             ))
             .hint("fix the path (it is relative to the overlay directory, without a leading /)")
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Every regular file of the overlay not listed in `allow-secrets` must hold no private
+/// key and no password hash (in its first [`secrets::SCAN_LIMIT`] bytes).
+fn check_secrets(spec: &OverlaySpec, paths: &[String]) -> Result<()> {
+    let mut buf = Vec::with_capacity(secrets::SCAN_LIMIT);
+    for rel in paths {
+        if spec.allow_secrets.contains(rel) {
+            continue;
+        }
+        let host = spec.dir.join(rel);
+        if !std::fs::symlink_metadata(&host)?.is_file() {
+            continue;
+        }
+        buf.clear();
+        File::open(&host)
+            .and_then(|f| f.take(secrets::SCAN_LIMIT as u64).read_to_end(&mut buf))
+            .with_context(|| format!("reading {}", host.display()))?;
+        if let Some(f) = secrets::find(&buf) {
+            return Err(UserError::invalid(format!(
+                "{}/{rel}:{}: {} in overlay {} ({})",
+                spec.path, f.line, f.what, spec.path, spec.at
+            ))
+            .hint(format!(
+                "remove it and provide it at deploy time; if it is deliberate, add allow-secrets = [\"{rel}\"] to this [[overlay]] in {}",
+                spec.at.rsplit_once(':').map_or(spec.at.as_str(), |(file, _)| file)
+            ))
             .into());
         }
     }

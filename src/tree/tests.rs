@@ -122,6 +122,8 @@ fn overlay_sets_default_and_given_attributes() {
         dir: ov.path().to_path_buf(),
         modes: BTreeMap::from([("etc/app/secret.conf".into(), 0o640)]),
         owners: BTreeMap::from([("etc/app/secret.conf".into(), "root:www-data".into())]),
+        allow_secrets: Vec::new(),
+        at: "profiles/x.toml:3".into(),
     };
     assert_eq!(apply_overlay(&mut t, &spec, 42).unwrap(), 5);
     let s = t.get("etc/app/secret.conf").unwrap();
@@ -147,6 +149,8 @@ fn overlay_owner_must_exist_in_the_image() {
         dir: ov.path().to_path_buf(),
         modes: BTreeMap::new(),
         owners: BTreeMap::from([("f".into(), "nobody-here".into())]),
+        allow_secrets: Vec::new(),
+        at: "profiles/x.toml:3".into(),
     };
     let msg = format!("{:#}", apply_overlay(&mut t, &spec, 0).unwrap_err());
     assert!(msg.contains("no user `nobody-here`"), "{msg}");

@@ -55,6 +55,10 @@ pub struct Built {
     pub initramfs_size: Option<u64>,
     /// Seconds from starting QEMU to the health report, with --verify.
     pub health_seconds: Option<f64>,
+    /// Bytes of container image archives baked into the image, and bytes fetched for
+    /// them in this build (registries and local archives).
+    pub baked_bytes: u64,
+    pub fetched_bytes: u64,
     /// sha256 of the lock the build used (or wrote, with --relock).
     pub lock_digest: Option<String>,
     /// The lock file written by --relock.
@@ -273,7 +277,9 @@ fn run(
             let mut req = req.clone();
             req.log = Some(staging.path(&format!("{}.console.log", recipe.artifact_stem())));
             let (outcome, log) = crate::verify::image::verify_image(host, project, &image, &req)?;
-            if let Some(e) = crate::verify::image::failure(&outcome, &log) {
+            // A failed build keeps the console next to its log (the staging goes away).
+            let kept = staging.failed_console_log().unwrap_or(log.clone());
+            if let Some(e) = crate::verify::image::failure(&outcome, &kept) {
                 return Err(e);
             }
             let secs = match &outcome {
@@ -321,6 +327,8 @@ fn run(
         uki_size: boot.as_ref().map(|b| b.uki_size as u64),
         initramfs_size: boot.as_ref().map(|b| b.initramfs_size as u64),
         health_seconds,
+        baked_bytes: stacks.images.iter().map(|i| i.len).sum(),
+        fetched_bytes: stacks.fetched,
         lock_digest,
         lock_written: None,
     };

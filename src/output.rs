@@ -72,10 +72,26 @@ impl Staging {
 
     /// On failure: keeps the log as `out/<profile>/<version>.failed.log` and removes the rest.
     pub fn keep_failed_log(&self) -> Option<PathBuf> {
+        if let (Ok(rd), Some(console)) = (std::fs::read_dir(&self.dir), self.failed_console_log()) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".console.log") {
+                    let _ = std::fs::rename(e.path(), &console);
+                }
+            }
+        }
         let log = self.path("build.log");
         let name = format!("{}.failed.log", self.dest.file_name()?.to_string_lossy());
         let dest = self.dest.parent()?.join(name);
         std::fs::rename(log, &dest).ok().map(|()| dest)
+    }
+
+    /// Where the console log of a failed --verify is kept: `out/PROFILE/VERSION.failed.console.log`.
+    pub fn failed_console_log(&self) -> Option<PathBuf> {
+        let name = format!(
+            "{}.failed.console.log",
+            self.dest.file_name()?.to_string_lossy()
+        );
+        Some(self.dest.parent()?.join(name))
     }
 }
 

@@ -455,3 +455,182 @@ fn image_on_a_larger_disk_grows_its_root() {
         &["verify", "--timeout", "300", big.to_str().unwrap()],
     ));
 }
+
+/// Debian's docker-registry on a loopback port, stopped when dropped.
+struct Registry {
+    state: String,
+}
+
+impl Registry {
+    fn start(port: u16) -> Registry {
+        let out = run_ok(
+            Command::new("bash")
+                .arg(repo().join("scripts/test-registry.sh"))
+                .arg("start")
+                .arg(port.to_string()),
+        );
+        Registry {
+            state: out.lines().last().unwrap().trim().to_string(),
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("scripts/test-registry.sh"))
+            .args(["stop", &self.state])
+            .status();
+    }
+}
+
+/// A public key for the test user (its private half was thrown away).
+const DEPLOY_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICGa7eeRNEL05Bj6O+laWoqi96EU06DHUh9lZnl+1/OY ops@laptop";
+
+/// The server profile of the issue: a user with a key, docker enabled, apt's timer off,
+/// the `web` stack whose image the test built and pushed to a loopback registry, and
+/// checks that run in the booted guest.
+fn stack_profile(arch: &str) -> String {
+    format!(
+        r#"extends = ["prod-{arch}"]
+[image]
+name = "stack"
+
+[packages]
+include = ["docker.io", "docker-compose", "sudo"]
+
+[[user]]
+name = "deploy"
+ssh-keys = ["{DEPLOY_KEY}"]
+groups = ["sudo", "docker"]
+
+[services]
+enable = ["docker.service"]
+disable = ["apt-daily.timer"]
+
+[[stack]]
+name = "web"
+compose = "stacks/web/compose.yaml"
+
+[[verify.check]]
+http = "http://localhost:8080/"
+[[verify.check]]
+command = "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && cat <&3 | grep -q 'hello from stacks/web'"
+[[verify.check]]
+command = "test \"$(getent shadow root | cut -d: -f2)\" = '!*'"
+[[verify.check]]
+command = "test \"$(stat -c '%U:%G %a' /home/deploy/.ssh/authorized_keys)\" = 'deploy:deploy 600' && grep -q 'ops@laptop' /home/deploy/.ssh/authorized_keys"
+[[verify.check]]
+command = "sshd -T | grep -qx 'passwordauthentication no' && sshd -T | grep -qx 'permitrootlogin no'"
+[[verify.check]]
+command = "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o PubkeyAuthentication=no -o PreferredAuthentications=password,keyboard-interactive deploy@127.0.0.1 true 2>&1 | grep -q 'Permission denied (publickey)'"
+[[verify.check]]
+command = "! systemctl is-enabled -q apt-daily.timer && id -nG deploy | grep -qw docker"
+"#
+    )
+}
+
+/// A scratch project with the stack profile and stacks/web pinned to `digest` on the
+/// registry at `registry`.
+fn stack_project(arch: &str, registry: &str, digest: &str) -> tempfile::TempDir {
+    let project = scratch_project(&[("stack-e2e", &stack_profile(arch))]);
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(repo().join("stacks"))
+            .arg(project.path()),
+    );
+    let compose = project.path().join("stacks/web/compose.yaml");
+    let text = std::fs::read_to_string(&compose).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("image:"))
+        .unwrap();
+    let pinned = format!("    image: {registry}/hello:1@{digest}");
+    std::fs::write(&compose, text.replace(line, &pinned)).unwrap();
+    project
+}
+
+/// Builds the multi-arch test image and pushes it; returns its index digest.
+fn push_hello(registry: &str) -> String {
+    let work = repo().join("target/e2e-hello");
+    let out = run_ok(
+        Command::new("bash")
+            .arg(repo().join("scripts/hello-image.sh"))
+            .arg(format!("{registry}/hello:1"))
+            .arg(&work),
+    );
+    let digest = out.lines().last().unwrap().trim().to_string();
+    assert!(digest.starts_with("sha256:"), "{out}");
+    digest
+}
+
+#[test]
+#[ignore = "end-to-end: a server image with a user and a Compose stack from a loopback registry, booted (make test)"]
+fn stack_server_boots_with_its_user_and_stack() {
+    let registry = "127.0.0.1:5123";
+    let _reg = Registry::start(5123);
+    let digest = push_hello(registry);
+    let project = stack_project("amd64", registry, &digest);
+    let p = project.path();
+    let t0 = std::time::Instant::now();
+    let out = ok(&imagebuild(
+        p,
+        &p.join("out"),
+        &[
+            "build",
+            "stack-e2e",
+            "--verify",
+            "--timeout",
+            "900",
+            "--json",
+        ],
+    ));
+    let built: serde_json::Value = serde_json::from_str(&out).unwrap();
+    eprintln!(
+        "stack-e2e: build + verify {:.0} s, QEMU start to health line {:.1} s",
+        t0.elapsed().as_secs_f64(),
+        built["health_seconds"].as_f64().unwrap_or(0.0)
+    );
+    let dir = p.join("out/stack-e2e/2026.11.1");
+    let console = std::fs::read_to_string(dir.join("stack-e2e-2026.11.1.console.log")).unwrap();
+    let line = console
+        .lines()
+        .find(|l| l.contains("IMAGEBUILD-HEALTH "))
+        .expect("health line");
+    for check in [
+        "\"check\":\"stack web\",\"ok\":true",
+        "\"check\":\"http http://localhost:8080/\",\"ok\":true",
+    ] {
+        assert!(line.contains(check), "{check} not in {line}");
+    }
+    // Read back without booting: the key, its owner and mode, root locked.
+    let image = dir.join("stack-e2e-2026.11.1.raw");
+    let fs = Image::open(&image).unwrap().root().unwrap();
+    let keys = fs.read("/home/deploy/.ssh/authorized_keys").unwrap();
+    assert_eq!(String::from_utf8_lossy(&keys).trim(), DEPLOY_KEY);
+    let md = fs.metadata("/home/deploy/.ssh/authorized_keys").unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o600);
+    assert!(md.uid() >= 1000);
+    let shadow = String::from_utf8(fs.read("/etc/shadow").unwrap()).unwrap();
+    assert!(
+        shadow.lines().any(|l| l.starts_with("root:!*:")),
+        "{shadow}"
+    );
+    let hex = digest.trim_start_matches("sha256:");
+    let archive = format!("/var/lib/imagebuild/images/{hex}.tar");
+    assert!(fs.exists(archive.as_str()).unwrap());
+
+    // A second build of the stack profile is bit-identical.
+    let again = ok(&imagebuild(
+        p,
+        &p.join("out-again"),
+        &["-q", "build", "stack-e2e"],
+    ));
+    assert_eq!(
+        again.split_whitespace().next().unwrap(),
+        built["sha256"].as_str().unwrap(),
+        "two builds of the stack profile differ"
+    );
+}

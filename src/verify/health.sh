@@ -83,6 +83,17 @@ failed_units() {
 		awk '{ u = $1; if (u == "*" || u == "\342\227\217") u = $2; if (u != "") print u }'
 }
 
+# explain_failed: the last journal lines of each failed unit, on the console before the
+# report, so that a failed boot says why (not only what) in the console log.
+explain_failed() {
+	local u
+	[ -n "$CONSOLE" ] || return 0
+	for u in $FAILED; do
+		journalctl -b -u "$u" -n 12 -o cat --no-pager 2>/dev/null |
+			sed "s|^|imagebuild-health: $u: |" >"$CONSOLE" 2>/dev/null || true
+	done
+}
+
 CHECKS=""
 FAILING_CHECKS=""
 HEALTHY=true
@@ -221,6 +232,7 @@ main() {
 	FAILED=$(failed_units)
 	[ -z "$PENDING" ] && [ -z "$FAILED" ] || HEALTHY=false
 	run_checks
+	explain_failed
 	line=$(health_line "$CHECKS")
 	printf '%s\n' "$line"
 	if [ -n "$CONSOLE" ]; then

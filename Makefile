@@ -7,7 +7,7 @@ BIN := target/release/imagebuild
 # Downloaded packages and bootstrapped bases are kept here between runs.
 export IMAGEBUILD_CACHE ?= $(HOME)/.cache/imagebuild
 
-.PHONY: image test test-fast test-e2e bench setup build doctor clean
+.PHONY: image test test-fast test-e2e test-arm64-stack bench setup build doctor clean
 
 setup:
 	@if [ "$$(id -u)" -eq 0 ]; then bash scripts/host-setup.sh; else sudo bash scripts/host-setup.sh; fi
@@ -27,7 +27,13 @@ test-fast:
 	$(CARGO) test --release --locked --lib --bins --test pipeline --test health_script --test verify_fake_qemu --test stack
 
 test-e2e: build
-	$(CARGO) test --release --locked --test e2e -- --ignored --test-threads=1 --nocapture
+	$(CARGO) test --release --locked --test e2e -- --ignored --test-threads=1 --nocapture --skip arm64_stack
+	bash scripts/e2e-registry-pull.sh
+
+## The stack server profile built for arm64 and boot-tested under TCG (slow: an arm64
+## bootstrap with docker.io through qemu-user, then an emulated boot; not in `make test`).
+test-arm64-stack: setup build
+	$(CARGO) test --release --locked --test e2e -- --ignored --nocapture --exact arm64_stack_server_boots_with_its_user_and_stack
 
 ## Timings and sizes (prints the numbers the issues ask for).
 bench: setup build

@@ -240,7 +240,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         } => cmd_verify(cli, &project, image, boot, *keep_log),
         Command::Run { target, boot } => cmd_run(cli, &project, target, boot),
         Command::Inspect { image, json, files } => {
-            let report = crate::inspect::report::inspect(image)?;
+            let report = crate::inspect::report::inspect(image, *json || *files)?;
             if *json {
                 print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))
             } else {

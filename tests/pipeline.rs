@@ -357,7 +357,7 @@ fn rebuild_replaces_the_published_version_atomically() {
 fn inspect_lists_partitions_and_the_overlay_file() {
     let fx = Fixture::new(Arch::Amd64);
     let built = fx.build("t").unwrap();
-    let r = inspect(&built.image).unwrap();
+    let r = inspect(&built.image, true).unwrap();
     let names: Vec<_> = r.partitions.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["esp", "root-x86-64"]);
     let secret = r

@@ -22,6 +22,7 @@ use imagebuild::testing::{fake_elf, synthetic_base_tar_with_packages};
 const DOCKER: &[(&str, &str)] = &[
     ("base-files", "13.8"),
     ("docker.io", "26.1.5"),
+    ("docker-cli", "26.1.5"),
     ("docker-compose", "2.26.1"),
 ];
 
@@ -380,12 +381,14 @@ fn bad_stacks_fail_with_file_line_and_fix() {
     let e = error_text(&p.build("out", "cache").unwrap_err());
     assert!(
         e.contains(
-            "stack `web` needs docker, but the image does not have docker.io and docker-compose"
+            "stack `web` needs docker, but the image does not have docker.io, docker-cli, docker-compose"
         ),
         "{e}"
     );
     assert!(
-        e.contains(r#"add \"docker.io\", \"docker-compose\" to [packages] include"#),
+        e.contains(
+            r#"add \"docker.io\", \"docker-cli\", \"docker-compose\" to [packages] include"#
+        ),
         "{e}"
     );
 

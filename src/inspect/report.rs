@@ -27,8 +27,9 @@ pub struct Report {
     pub files: Vec<Entry>,
 }
 
-/// Reads `image`: every file's content once, to hash it.
-pub fn inspect(image: &Path) -> Result<Report> {
+/// Reads `image`'s metadata; with `hash`, every file's content once too, to hash it
+/// (the summary needs only the metadata, the dpkg status and the ESP).
+pub fn inspect(image: &Path, hash: bool) -> Result<Report> {
     let img = Image::open(image)?;
     let esp_files = img
         .esp_files()
@@ -39,7 +40,9 @@ pub fn inspect(image: &Path) -> Result<Report> {
     let mut files = rootfs::walk(&fs)?;
     let mut contents = Contents::new(&fs);
     let packages = rootfs::packages(&files, &mut contents)?;
-    contents.hash_all(&mut files)?;
+    if hash {
+        contents.hash_all(&mut files)?;
+    }
     Ok(Report {
         image: image.display().to_string(),
         disk_guid: img.disk_guid,

@@ -37,7 +37,8 @@ pub const STACKS_DIR: &str = "/etc/imagebuild/stacks";
 /// Where the image archives live in the image.
 pub const IMAGES_DIR: &str = "/var/lib/imagebuild/images";
 /// Packages a stack needs in the image.
-pub const PACKAGES: [&str; 2] = ["docker.io", "docker-compose"];
+/// (Debian 13 ships the docker command in docker-cli, only recommended by docker.io.)
+pub const PACKAGES: [&str; 3] = ["docker.io", "docker-cli", "docker-compose"];
 
 /// Everything the stacks add to the image, ready to be put into the tree.
 #[derive(Debug, Default)]
@@ -434,7 +435,7 @@ fn check_docker(tree: &Tree, at: &str, name: &str) -> Result<()> {
         ErrorKind::Invalid,
         format!(
             "{at}: stack `{name}` needs docker, but the image does not have {}",
-            missing.join(" and ")
+            missing.join(", ")
         ),
     )
     .hint(format!(

@@ -516,7 +516,7 @@ compose = "stacks/web/compose.yaml"
 [[verify.check]]
 http = "http://localhost:8080/"
 [[verify.check]]
-command = "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && cat <&3 | grep -q 'hello from stacks/web'"
+command = "bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080; printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3; cat <&3' | grep -q 'hello from stacks/web'"
 [[verify.check]]
 command = "test \"$(getent shadow root | cut -d: -f2)\" = '!*'"
 [[verify.check]]

@@ -32,6 +32,10 @@ declare -A want=(
   [xz]=xz-utils
   [faketime]=faketime
   [arch-test]=arch-test
+  # The [[stack]] tests: a loopback registry, pushes to it, and the test image's packages.
+  [/usr/bin/docker-registry]=docker-registry
+  [skopeo]=skopeo
+  [curl]=curl
 )
 
 have() { case "$1" in /*) [ -e "$1" ] ;; *) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] ;; esac; }

@@ -612,7 +612,7 @@ fn stack_server(arch: &str, port: u16, timeout: &str) {
         .expect("health line");
     for check in [
         "\"check\":\"stack web\",\"ok\":true",
-        "\"check\":\"http http://localhost:8080/\",\"ok\":true",
+        "\"check\":\"http http://localhost:8080/ 200\",\"ok\":true",
     ] {
         assert!(line.contains(check), "{check} not in {line}");
     }

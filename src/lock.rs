@@ -196,21 +196,13 @@ pub fn load_for(project: &Project, recipe: &Recipe) -> Result<Option<Lock>> {
     if lock.profile != recipe.profile {
         return Err(stale("profile", &lock.profile, &recipe.profile));
     }
+    // The recipe id covers everything else the lock depends on (arch, epoch, mirror,
+    // packages): any change to the merged profile makes the lock stale.
     if lock.recipe_id != recipe.id {
         return Err(stale(
             "recipe-id",
             &lock.recipe_id[..lock.recipe_id.len().min(12)],
             &recipe.id[..12],
-        ));
-    }
-    if lock.arch != recipe.arch.debian() {
-        return Err(stale("arch", &lock.arch, recipe.arch.debian()));
-    }
-    if lock.source_date_epoch != recipe.epoch {
-        return Err(stale(
-            "source-date-epoch",
-            &lock.source_date_epoch.to_string(),
-            &recipe.epoch.to_string(),
         ));
     }
     Ok(Some(lock))

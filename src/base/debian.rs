@@ -334,8 +334,6 @@ pub fn mmdebstrap_command(
     let mut cmd = Command::new("mmdebstrap");
     cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
         .env("INITRD", "No")
-        .env("LC_ALL", "C.UTF-8")
-        .env("TZ", "UTC")
         .arg(format!("--variant={}", a.variant))
         .arg(format!("--architectures={}", a.arch))
         .arg("--format=tar");

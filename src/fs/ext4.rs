@@ -55,7 +55,6 @@ pub fn make(host: &Host, fs: &Ext4<'_>) -> Result<()> {
         .env("MKE2FS_CONFIG", &conf)
         .env("E2FSPROGS_FAKE_TIME", fs.epoch.to_string())
         .env("LC_ALL", "C")
-        .env("TZ", "UTC")
         .args(["-t", "ext4", "-F", "-q", "-b", "4096", "-L", fs.label])
         .arg("-U")
         .arg(fs.uuid.to_string())

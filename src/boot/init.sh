@@ -54,17 +54,32 @@ parse_cmdline() {
 }
 
 # Filesystem and library modules are always loaded; disk drivers only until the root
-# device shows up (on most machines its driver is built in and none is needed).
+# device shows up (on most machines its driver is built in and none is needed). Looking
+# for the root forks a handful of processes, so it is looked for once per disk driver
+# loaded, not once per module listed.
 load_modules() {
+	dev=
+	looked=
 	while read -r module; do
 		[ -n "$module" ] || continue
 		case "$module" in
 		kernel/fs/* | kernel/lib/* | kernel/crypto/*) ;;
-		*) find_root >/dev/null && continue ;;
+		*)
+			[ -n "$dev" ] && continue
+			if [ -z "$looked" ]; then
+				looked=1
+				dev=$(find_root) && continue
+				dev=
+			fi
+			;;
 		esac
 		if ! out=$(insmod "/lib/modules/$KVER/$module" 2>&1); then
 			msg "insmod $module failed (ignored): $out"
 		fi
+		case "$module" in
+		kernel/fs/* | kernel/lib/* | kernel/crypto/*) ;;
+		*) looked= ;;
+		esac
 	done </etc/imagebuild-initramfs.modules
 }
 
@@ -137,6 +152,7 @@ find_root() {
 }
 
 wait_for_root() {
+	[ -n "$dev" ] && return 0
 	deadline=$(($(uptime_s) + timeout))
 	until dev=$(find_root); do
 		if [ "$(uptime_s)" -ge "$deadline" ]; then

@@ -428,6 +428,63 @@ mod tests {
         assert!(status.success());
     }
 
+    /// Runs the init script's `load_modules` with insmod and find_root replaced: the root
+    /// shows up once `appears_after` is loaded (or at once when None). Returns the modules
+    /// loaded and how many times the root was looked for.
+    fn load_modules_with(list: &[&str], appears_after: Option<&str>) -> (Vec<String>, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let modules = dir.path().join("modules");
+        std::fs::write(&modules, list.join("\n") + "\n").unwrap();
+        if appears_after.is_none() {
+            std::fs::write(dir.path().join("root"), "").unwrap();
+        }
+        let functions = INIT_SCRIPT
+            .split(&format!(". /{CONF_PATH}\n"))
+            .next()
+            .unwrap()
+            .replace(&format!("/{MODULES_PATH}"), &modules.display().to_string());
+        let driver = format!(
+            "insmod() {{ echo \"${{1#/lib/modules/$KVER/}}\" >>{d}/loaded; \
+             [ \"$1\" = /lib/modules/$KVER/{after} ] && : >{d}/root; return 0; }}\n\
+             find_root() {{ echo >>{d}/looked; [ -e {d}/root ] && echo /dev/vda2; }}\n\
+             KVER=6.12.1\nload_modules\n",
+            after = appears_after.unwrap_or("none"),
+        );
+        let status = std::process::Command::new("sh")
+            .args(["-e", "-c", &(functions + &driver)])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+        let loaded = read("loaded").lines().map(str::to_owned).collect();
+        (loaded, read("looked").lines().count())
+    }
+
+    #[test]
+    fn disk_drivers_load_only_until_the_root_is_found() {
+        let list = [
+            "kernel/lib/crc16.ko",
+            "kernel/fs/ext4/ext4.ko",
+            "kernel/drivers/block/virtio_blk.ko",
+            "kernel/drivers/scsi/scsi_mod.ko",
+            "kernel/drivers/scsi/virtio_scsi.ko",
+            "kernel/drivers/block/xen-blkfront.ko",
+        ];
+        // The disk driver is built in: only the filesystem is loaded, and the GPT scan
+        // (a handful of processes) runs once, not once per listed driver.
+        let (loaded, looked) = load_modules_with(&list, None);
+        assert_eq!(loaded, ["kernel/lib/crc16.ko", "kernel/fs/ext4/ext4.ko"]);
+        assert_eq!(looked, 1);
+        // The root appears once virtio_blk is loaded: no SCSI or Xen driver follows.
+        let (loaded, looked) = load_modules_with(&list, Some("kernel/drivers/block/virtio_blk.ko"));
+        assert_eq!(loaded, list[..3]);
+        assert_eq!(looked, 2);
+        // It never appears: every driver is tried.
+        let (loaded, _) = load_modules_with(&list, Some("none.ko"));
+        assert_eq!(loaded, list);
+    }
+
     #[test]
     fn odd_names_are_refused() {
         let c = closure();

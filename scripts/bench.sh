@@ -83,13 +83,15 @@ echo "# changed again" >>"$work/overlays/prod/etc/motd"
 "$BIN" -q -C "$work" --out "$work/big-b" --cache-dir "$work/cache-cold" build big >/dev/null
 a=$work/big-a/big/2026.11.1/big-2026.11.1.raw b=$work/big-b/big/2026.11.1/big-2026.11.1.raw
 cold() { sync; echo 3 >/proc/sys/vm/drop_caches; } # page cache empty: %I counts what is read
+# GNU time writes "Command exited with non-zero status N" before the format when the
+# command fails (diff exits 1 when the images differ), so the count is the last line.
 measure() { # measure LABEL CMD...: wall seconds and bytes read from disk, page cache dropped
   local label=$1; shift
   cold
   local t0; t0=$(date +%s.%N)
   /usr/bin/time -f %I -o "$work/io" "$@" >/dev/null || [ $? -eq 1 ]
   printf '  %-38s %6.2f s  read %5.1f MiB from disk\n' "$label" "$(awk "BEGIN{print $(date +%s.%N) - $t0}")" \
-    "$(awk "BEGIN{print $(cat "$work/io") * 512 / 1048576}")"
+    "$(awk "BEGIN{print $(tail -n1 "$work/io") * 512 / 1048576}")"
 }
 printf '  4 GiB image: %d MiB allocated\n' $(( $(stat -c %b "$a") * 512 >> 20 ))
 measure "inspect (summary)" "$BIN" inspect "$a"

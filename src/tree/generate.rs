@@ -170,16 +170,7 @@ pub fn kernel_versions(tree: &Tree) -> Vec<String> {
         .filter_map(|p| p.strip_prefix("boot/vmlinuz-").map(str::to_owned))
         .filter(|v| !v.contains('/'))
         .collect();
-    v.sort_by(|a, b| version_cmp(a, b));
+    v.sort_by(|a, b| crate::boot::modules::compare_versions(a, b));
     v
 }
 
-/// Compares versions by their numeric runs ("6.12.10" > "6.12.9").
-pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let key = |s: &str| -> Vec<(u64, String)> {
-        s.split(|c: char| !c.is_ascii_alphanumeric())
-            .map(|p| (p.parse().unwrap_or(0), p.to_string()))
-            .collect()
-    };
-    key(a).cmp(&key(b))
-}

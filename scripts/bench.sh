@@ -68,7 +68,20 @@ for arch in amd64 arm64; do
     f=$work/amd64v.json
   fi
   printf '  UKI %.1f MiB (target <= 20), initramfs %.1f MiB\n' "$(json "$f" 'd["uki_size"]/2**20')" "$(json "$f" 'd["initramfs_size"]/2**20')"
-  printf '  QEMU start to health line (TCG) %.1f s\n' "$(json "$f" 'd["health_seconds"]')"
+  # One boot is noisy on a shared 2-core machine (steal time), so boot twice more and
+  # print each run's stages and the median.
+  target=15; [ $arch = arm64 ] && target=25
+  img=$(json "$f" 'd["image"]')
+  runs=("$(json "$f" 'd["health_seconds"]')")
+  printf '  QEMU start to health line (TCG), run 1: %.1f s (%s)\n' "${runs[0]}" \
+    "$(json "$f" '", ".join(f"{n} {s:.1f} s" for n, s in d["boot_stages"])')"
+  for run in 2 3; do
+    line=$("$BIN" -C "$work" verify --accel tcg "$img" | sed -n 's/.*: pass after //p')
+    runs+=("${line%% s *}")
+    printf '  QEMU start to health line (TCG), run %d: %s\n' $run "$line"
+  done
+  printf '  QEMU start to health line (TCG), median of 3: %.1f s (target <= %d s)\n' \
+    "$(printf '%s\n' "${runs[@]}" | sort -g | sed -n 2p)" $target
 done
 
 echo "== lock, inspect, diff =="

@@ -55,6 +55,8 @@ pub struct Built {
     pub initramfs_size: Option<u64>,
     /// Seconds from starting QEMU to the health report, with --verify.
     pub health_seconds: Option<f64>,
+    /// Where those seconds went: firmware, kernel, initramfs, systemd (see verify::Timeline).
+    pub boot_stages: Vec<(&'static str, f64)>,
     /// Bytes of container image archives baked into the image, and bytes fetched for
     /// them in this build (registries and local archives).
     pub baked_bytes: u64,
@@ -272,8 +274,9 @@ fn run(
         check_expected_sha256(&sealed.sha256, want)?;
     }
     let mut health_seconds = None;
+    let mut boot_stages = Vec::new();
     if let Some(req) = &opts.verify {
-        health_seconds = t.stage(rep, "verify", |_| {
+        (health_seconds, boot_stages) = t.stage(rep, "verify", |_| {
             let mut req = req.clone();
             req.log = Some(staging.path(&format!("{}.console.log", recipe.artifact_stem())));
             let (outcome, log) = crate::verify::image::verify_image(host, project, &image, &req)?;
@@ -283,8 +286,10 @@ fn run(
                 return Err(e);
             }
             let secs = match &outcome {
-                crate::verify::Outcome::Pass(_, took) => Some(took.as_secs_f64()),
-                crate::verify::Outcome::Fail { .. } => None,
+                crate::verify::Outcome::Pass(_, took, timeline) => {
+                    (Some(took.as_secs_f64()), timeline.stages())
+                }
+                crate::verify::Outcome::Fail { .. } => (None, Vec::new()),
             };
             Ok((secs, outcome.to_string()))
         })?;
@@ -327,6 +332,7 @@ fn run(
         uki_size: boot.as_ref().map(|b| b.uki_size as u64),
         initramfs_size: boot.as_ref().map(|b| b.initramfs_size as u64),
         health_seconds,
+        boot_stages,
         baked_bytes: stacks.images.iter().map(|i| i.len).sum(),
         fetched_bytes: stacks.fetched,
         lock_digest,

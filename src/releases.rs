@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::boot::modules::compare_versions;
 use crate::cache::write_atomic;
 use crate::error::{Kind, UserError};
-use crate::boot::modules::compare_versions;
 
 /// The name of the file, in `out/PROFILE/`.
 pub const FILE: &str = "releases.json";
@@ -87,7 +87,8 @@ pub fn record(out_root: &Path, profile: &str, release: Release) -> Result<()> {
     let mut all = read(out_root, profile)?;
     all.releases.retain(|r| r.version != release.version);
     all.releases.push(release);
-    all.releases.sort_by(|a, b| compare_versions(&a.version, &b.version));
+    all.releases
+        .sort_by(|a, b| compare_versions(&a.version, &b.version));
     let json = serde_json::to_string_pretty(&all)? + "\n";
     write_atomic(&p, json.as_bytes())?;
     lock.sync_all()

@@ -12,7 +12,10 @@ use tempfile::TempDir;
 
 const NOISE: &str = r#"
 printf '\033[2J\033[01;01H\033[=3hBdsDxe: loading Boot0001 "UEFI Misc Device" from PciRoot(0x0)/Pci(0x2,0x0)\r\n'
+printf 'EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path\r\n'
 printf '[    0.000000] Linux version 6.12.48+deb13-cloud-amd64\r\n'
+printf '[    3.669607] Run /init as init process\r\n'
+printf '[    8.746699] systemd[1]: systemd 257.13-1~deb13u1 running in system mode (+PAM)\r\n'
 printf '[  \033[0;32mOK\033[0m  ] Reached target \033[0;1;39mmulti-user.target\033[0m - Multi-User System.\r\n'
 "#;
 
@@ -90,7 +93,7 @@ impl Fake {
 fn fail_reason(outcome: Outcome) -> (FailReason, String) {
     match outcome {
         Outcome::Fail { reason, log_tail } => (reason, log_tail),
-        Outcome::Pass(report, _) => panic!("passed: {report:?}"),
+        Outcome::Pass(report, ..) => panic!("passed: {report:?}"),
     }
 }
 
@@ -100,9 +103,13 @@ fn a_health_line_passes_and_stops_qemu() {
         "printf '[   17.5] imagebuild-health[412]: IMAGEBUILD-HEALTH {HEALTHY}\\r\\n'\nexec sleep 30"
     ));
     let (outcome, took) = fake.verify(20);
-    let Outcome::Pass(report, elapsed) = outcome else {
+    let Outcome::Pass(report, elapsed, timeline) = outcome.clone() else {
         panic!("{outcome:?}\n{}", fake.log())
     };
+    // Every stage of the boot is timed, in order, and the verdict says so.
+    let stages: Vec<&str> = timeline.stages().iter().map(|(s, _)| *s).collect();
+    assert_eq!(stages, ["firmware", "kernel", "initramfs", "systemd"]);
+    assert!(outcome.to_string().contains("(firmware "), "{outcome}");
     assert_eq!(
         (report.image.as_str(), report.version.as_str()),
         ("prod", "2026.11.1")

@@ -173,4 +173,3 @@ pub fn kernel_versions(tree: &Tree) -> Vec<String> {
     v.sort_by(|a, b| crate::boot::modules::compare_versions(a, b));
     v
 }
-

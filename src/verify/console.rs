@@ -191,6 +191,19 @@ fn recognise_console(line: &str) -> Option<Sign> {
     root_not_found.then(|| Sign::Failure(FailReason::RootNotFound(line.to_owned())))
 }
 
+/// The boot stage a console line ends (see [`super::Timeline`]), if it marks one.
+pub fn milestone(line: &str) -> Option<&'static str> {
+    if line.starts_with("EFI stub: ") {
+        Some("firmware")
+    } else if line.contains("] Run /init as init process") {
+        Some("kernel")
+    } else if line.contains("systemd[1]: systemd ") && line.contains(" running in system mode") {
+        Some("initramfs")
+    } else {
+        None
+    }
+}
+
 /// QEMU's message when KVM cannot run the guest (it then stops the guest and stays silent).
 pub fn is_accel_error(line: &str) -> bool {
     line.contains("KVM internal error") || line.contains("kvm run failed")

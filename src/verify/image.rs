@@ -104,7 +104,7 @@ pub fn verify_image(
     let runner = |cmd: &mut std::process::Command| host.spawn(cmd);
     let outcome = super::verify(image, &machine, &opts, &runner)?;
     let outcome = match outcome {
-        Outcome::Pass(report, _) if (report.image.clone(), report.version.clone()) != expected => {
+        Outcome::Pass(report, ..) if (report.image.clone(), report.version.clone()) != expected => {
             Outcome::Fail {
                 reason: FailReason::FailedChecks(vec![format!(
                     "the health report is from {} {}, not {} {}",

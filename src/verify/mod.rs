@@ -60,12 +60,51 @@ impl VerifyOptions {
     }
 }
 
+/// When a boot passed each milestone, counted from starting QEMU, in the order seen. Each
+/// names the stage it ends: `firmware` (the kernel's EFI stub speaks), `kernel` (it runs
+/// /init), `initramfs` (systemd starts in the root), `systemd` (the health line).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Timeline(pub Vec<(&'static str, Duration)>);
+
+impl Timeline {
+    /// Records `stage` as ended at `at` unless it already was.
+    pub fn mark(&mut self, stage: &'static str, at: Duration) {
+        if !self.0.iter().any(|(s, _)| *s == stage) {
+            self.0.push((stage, at));
+        }
+    }
+
+    /// Seconds spent in each stage (from the previous milestone to its own).
+    pub fn stages(&self) -> Vec<(&'static str, f64)> {
+        let mut last = Duration::ZERO;
+        self.0
+            .iter()
+            .map(|(stage, at)| {
+                let took = at.saturating_sub(last);
+                last = *at;
+                (*stage, took.as_secs_f64())
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for Timeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .stages()
+            .iter()
+            .map(|(stage, secs)| format!("{stage} {secs:.1} s"))
+            .collect();
+        f.write_str(&parts.join(", "))
+    }
+}
+
 /// The verdict on one boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The health line arrived, nothing failed and every check passed; the time is from
-    /// starting QEMU to the health line.
-    Pass(HealthReport, Duration),
+    /// starting QEMU to the health line, and the timeline says where it went.
+    Pass(HealthReport, Duration, Timeline),
     /// `log_tail` holds the last 30 lines of the console log.
     Fail {
         reason: FailReason,
@@ -115,7 +154,9 @@ impl fmt::Display for FailReason {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Outcome::Pass(_, elapsed) => write!(f, "pass after {:.1} s", elapsed.as_secs_f64()),
+            Outcome::Pass(_, elapsed, timeline) => {
+                write!(f, "pass after {:.1} s ({timeline})", elapsed.as_secs_f64())
+            }
             Outcome::Fail { reason, .. } => write!(f, "fail: {reason}"),
         }
     }
@@ -224,7 +265,7 @@ fn prepare(
 
 /// How watching the console ended.
 enum End {
-    Health(HealthReport, Duration),
+    Health(HealthReport, Duration, Timeline),
     Failed(FailReason),
     Exited,
     TimedOut,
@@ -233,8 +274,8 @@ enum End {
 impl End {
     fn outcome(self, status: ExitStatus, timeout: Duration, log_tail: String) -> Outcome {
         let reason = match self {
-            End::Health(report, elapsed) => match judge(&report) {
-                None => return Outcome::Pass(report, elapsed),
+            End::Health(report, elapsed, timeline) => match judge(&report) {
+                None => return Outcome::Pass(report, elapsed, timeline),
                 Some(reason) => reason,
             },
             End::Failed(reason) => reason,
@@ -252,6 +293,7 @@ fn watch(
     started: Instant,
     deadline: Instant,
 ) -> Result<End> {
+    let mut timeline = Timeline::default();
     while let Some(event) = console::next_event(events, deadline) {
         let (source, line) = match event {
             Event::Line(source, line) => (source, line),
@@ -259,8 +301,17 @@ fn watch(
             Event::Closed(Source::Qemu) => continue,
         };
         log.record(source, &line)?;
+        if source == Source::Console
+            && let Some(stage) = console::milestone(&line)
+        {
+            timeline.mark(stage, started.elapsed());
+        }
         match console::recognise(source, &line) {
-            Some(Sign::Health(report)) => return Ok(End::Health(report, started.elapsed())),
+            Some(Sign::Health(report)) => {
+                let elapsed = started.elapsed();
+                timeline.mark("systemd", elapsed);
+                return Ok(End::Health(report, elapsed, timeline));
+            }
             Some(Sign::Failure(reason)) => {
                 linger(events, log, deadline)?;
                 return Ok(End::Failed(reason));
@@ -339,6 +390,19 @@ mod tests {
         assert_eq!(
             judge(&unsettled),
             Some(FailReason::Unsettled(vec!["slow.service".into()]))
+        );
+    }
+
+    #[test]
+    fn a_timeline_reads_as_stages() {
+        let mut t = Timeline::default();
+        t.mark("firmware", Duration::from_millis(6900));
+        t.mark("kernel", Duration::from_millis(10600));
+        t.mark("kernel", Duration::from_millis(12000));
+        t.mark("systemd", Duration::from_millis(40300));
+        assert_eq!(
+            t.to_string(),
+            "firmware 6.9 s, kernel 3.7 s, systemd 29.7 s"
         );
     }
 

@@ -76,7 +76,7 @@ for arch in amd64 arm64; do
   printf '  QEMU start to health line (TCG), run 1: %.1f s (%s)\n' "${runs[0]}" \
     "$(json "$f" '", ".join(f"{n} {s:.1f} s" for n, s in d["boot_stages"])')"
   for run in 2 3; do
-    line=$("$BIN" -C "$work" verify --accel tcg "$img" | sed -n 's/.*: pass after //p')
+    line=$("$BIN" -C "$work" verify --accel tcg "$img" 2>&1 | sed -n 's/.*: pass after //p')
     runs+=("${line%% s *}")
     printf '  QEMU start to health line (TCG), run %d: %s\n' $run "$line"
   done

@@ -55,8 +55,8 @@ parse_cmdline() {
 
 # Filesystem and library modules are always loaded; disk drivers only until the root
 # device shows up (on most machines its driver is built in and none is needed). Looking
-# for the root forks a handful of processes, so it is looked for once per disk driver
-# loaded, not once per module listed.
+# for the root forks a handful of processes, so it is looked for again only after a
+# module was loaded, not before every module listed.
 load_modules() {
 	dev=
 	looked=
@@ -76,10 +76,7 @@ load_modules() {
 		if ! out=$(insmod "/lib/modules/$KVER/$module" 2>&1); then
 			msg "insmod $module failed (ignored): $out"
 		fi
-		case "$module" in
-		kernel/fs/* | kernel/lib/* | kernel/crypto/*) ;;
-		*) looked= ;;
-		esac
+		looked=
 	done </etc/imagebuild-initramfs.modules
 }
 

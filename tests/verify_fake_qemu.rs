@@ -216,6 +216,24 @@ exec sleep 30"#,
 }
 
 #[test]
+fn firmware_that_cannot_start_the_image_fails_at_the_shell_not_the_timeout() {
+    // What AAVMF printed for a UKI whose .linux systemd-stub refused.
+    let fake = Fake::new(
+        r#"
+echo 'BdsDxe: starting Boot0001 "UEFI QEMU NVMe Ctrl imagebuild 1" from PciRoot(0x0)/Pci(0x1,0x0)/NVMe(0x1,00-00-00-00-00-00-00-00)'
+echo '../src/boot/linux.c:120@linux_exec: Bad kernel image: Unsupported'
+echo 'BdsDxe: failed to start Boot0001 "UEFI QEMU NVMe Ctrl imagebuild 1" from PciRoot(0x0)/Pci(0x1,0x0)/NVMe(0x1,00-00-00-00-00-00-00-00): Unsupported'
+echo 'UEFI Interactive Shell v2.2'
+exec sleep 30"#,
+    );
+    let (outcome, took) = fake.verify(20);
+    let (reason, tail) = fail_reason(outcome);
+    assert_eq!(reason, FailReason::NoBootEntryStarted);
+    assert!(tail.contains("Bad kernel image: Unsupported"), "{tail}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+}
+
+#[test]
 fn a_missing_root_device_fails() {
     let fake = Fake::new(
         "echo 'imagebuild-initramfs: root device PARTUUID=6b1c-02 not found after 30 s'\nexec sleep 30",

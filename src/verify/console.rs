@@ -167,8 +167,8 @@ pub enum Sign {
     Failure(FailReason),
 }
 
-/// Recognises the health line, a kernel panic, the initramfs not finding the root device and
-/// QEMU reporting a KVM failure.
+/// Recognises the health line, the firmware giving up on the image, a kernel panic, the
+/// initramfs not finding the root device and QEMU reporting a KVM failure.
 pub fn recognise(source: Source, line: &str) -> Option<Sign> {
     match source {
         Source::Console => recognise_console(line),
@@ -181,6 +181,10 @@ pub fn recognise(source: Source, line: &str) -> Option<Sign> {
 fn recognise_console(line: &str) -> Option<Sign> {
     if let Some(report) = health::parse_health_line(line) {
         return Some(Sign::Health(report));
+    }
+    // EDK II's shell starts only once every boot option has failed.
+    if line.contains("UEFI Interactive Shell") {
+        return Some(Sign::Failure(FailReason::NoBootEntryStarted));
     }
     if line.contains("Kernel panic - not syncing") {
         return Some(Sign::Failure(FailReason::KernelPanic(line.to_owned())));
@@ -343,6 +347,10 @@ mod tests {
         ));
         assert_eq!(recognise(Source::Qemu, health), None);
         assert_eq!(recognise(Source::Console, "root device found"), None);
+        assert_eq!(
+            recognise(Source::Console, "UEFI Interactive Shell v2.2"),
+            Some(Sign::Failure(FailReason::NoBootEntryStarted))
+        );
     }
 
     #[test]

@@ -123,6 +123,8 @@ pub enum FailReason {
     RootNotFound(String),
     /// QEMU's message saying KVM cannot run the guest (use TCG).
     AccelError(String),
+    /// The firmware started no boot entry and fell through to its UEFI shell.
+    NoBootEntryStarted,
     /// Units that still had a job when the health script stopped waiting.
     Unsettled(Vec<String>),
     FailedUnits(Vec<String>),
@@ -141,6 +143,11 @@ impl fmt::Display for FailReason {
             FailReason::KernelPanic(line) => write!(f, "kernel panic: {line}"),
             FailReason::RootNotFound(line) => write!(f, "root device not found: {line}"),
             FailReason::AccelError(line) => write!(f, "KVM cannot run the guest (try TCG): {line}"),
+            FailReason::NoBootEntryStarted => write!(
+                f,
+                "the firmware could not start the image's EFI binary and fell through to its \
+                 UEFI shell (the loader's message is in the console above)"
+            ),
             FailReason::Unsettled(units) => write!(f, "units still starting: {}", units.join(", ")),
             FailReason::FailedUnits(units) => write!(f, "failed units: {}", units.join(", ")),
             FailReason::FailedChecks(checks) => write!(f, "failed checks: {}", checks.join(", ")),

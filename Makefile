@@ -11,6 +11,7 @@ export IMAGEBUILD_CACHE ?= $(HOME)/.cache/imagebuild
 
 setup:
 	@if [ "$$(id -u)" -eq 0 ]; then bash scripts/host-setup.sh; else sudo bash scripts/host-setup.sh; fi
+	@bash scripts/rust-setup.sh
 
 build:
 	$(CARGO) build --release --locked

@@ -4,6 +4,7 @@
 pub mod initramfs;
 pub mod modules;
 pub mod uki;
+pub mod zkernel;
 
 use anyhow::{Context, Result};
 
@@ -99,6 +100,12 @@ pub fn make(tree: &Tree, recipe: &Recipe, root_partuuid: &str) -> Result<Boot> {
     })?;
     let osrel = tree.read("etc/os-release")?.unwrap_or_default();
     let cmdline = cmdline(recipe, root_partuuid);
+    // systemd-stub does not decompress: a plain arm64 Image goes in compressed, with a loader.
+    let linux = if recipe.arch == Arch::Arm64 && zkernel::is_arm64_image(&linux) {
+        zkernel::wrap(zkernel::LOADER_AARCH64, &linux)?
+    } else {
+        linux
+    };
     let uki = uki::build_uki(&uki::UkiParts {
         stub: &stub,
         osrel: &osrel,

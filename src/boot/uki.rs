@@ -101,11 +101,24 @@ struct PlacedSection<'a> {
 /// TimeDateStamp = 0 and a correct PE checksum. Deterministic. Returns the UKI bytes.
 pub fn build_uki(parts: &UkiParts) -> Result<Vec<u8>> {
     ensure!(!parts.linux.is_empty(), "the kernel for the uki is empty");
-    let layout = parse_stub(parts.stub).context("parsing the systemd-stub pe headers")?;
-    let new = new_sections(parts);
-    check_stub(&layout, &new)?;
-    let placed = place_sections(&layout, parts.stub.len(), &new)?;
-    let mut out = parts.stub.to_vec();
+    append(parts.stub, &new_sections(parts)).context("assembling the uki on the systemd-stub")
+}
+
+/// `pe` with data sections `(name, bytes)` appended the same way (page-aligned RVAs after its
+/// last section, headers patched, TimeDateStamp = 0, checksum). Deterministic.
+pub fn append_sections(pe: &[u8], sections: &[(&'static str, &[u8])]) -> Result<Vec<u8>> {
+    let new: Vec<NewSection> = sections
+        .iter()
+        .map(|&(name, data)| NewSection { name, data })
+        .collect();
+    append(pe, &new)
+}
+
+fn append(pe: &[u8], new: &[NewSection]) -> Result<Vec<u8>> {
+    let layout = parse_stub(pe)?;
+    check_stub(&layout, new)?;
+    let placed = place_sections(&layout, pe.len(), new)?;
+    let mut out = pe.to_vec();
     append_section_data(&mut out, &placed);
     patch_headers(&mut out, &layout, &placed)?;
     write_checksum(&mut out, &layout);
@@ -510,8 +523,7 @@ mod tests {
         let linux = [1u8; 16];
         let err = build_uki(&parts(&stub, &linux)).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("no room for 4 more section headers"),
+            format!("{err:#}").contains("no room for 4 more section headers"),
             "{err:#}"
         );
     }
@@ -521,7 +533,10 @@ mod tests {
         let stub = fake_stub(0x400);
         let uki = build_uki(&parts(&stub, &[1u8; 16])).unwrap();
         let err = build_uki(&parts(&uki, &[1u8; 16])).unwrap_err();
-        assert!(err.to_string().contains("already has a .osrel"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("already has a .osrel"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! In order: the x86 setup header's `kernel_version` string (bzImage); the
 //! `Linux version ` banner in the bytes (an uncompressed arm64 `Image`); the banner in
-//! the decompressed payload of an EFI zboot image (gzip or zstd) or of a gzip file.
+//! the decompressed payload of an EFI zboot image (gzip or zstd), of a gzip file, or of
+//! imagebuild's zkernel loader (`.linuxz`).
 
 use std::io::Read;
 
@@ -32,6 +33,7 @@ pub fn kernel_version(linux: &[u8]) -> Option<String> {
     setup_header_version(linux)
         .or_else(|| banner_version(linux))
         .or_else(|| banner_version(&decompressed(linux)?))
+        .or_else(|| banner_version(&crate::boot::zkernel::unwrap(linux)?))
 }
 
 /// bzImage: the string at `kernel_version` + 0x200, up to its NUL; its first word.
@@ -166,6 +168,17 @@ mod tests {
         assert_eq!(kernel_version(&b), None);
         b.extend_from_slice(b"Linux version 6.1.0-9-amd64 (x)");
         assert_eq!(kernel_version(&b).as_deref(), Some("6.1.0-9-amd64"));
+    }
+
+    #[test]
+    fn banner_in_a_kernel_behind_the_zkernel_loader() {
+        use crate::boot::zkernel;
+        let wrapped = zkernel::wrap(zkernel::LOADER_AARCH64, &arm64_image()).unwrap();
+        assert_eq!(banner_version(&wrapped), None, "the banner is compressed");
+        assert_eq!(
+            kernel_version(&wrapped).as_deref(),
+            Some("6.12.57+deb13-arm64")
+        );
     }
 
     #[test]

@@ -33,8 +33,9 @@ build() { # build NAME CACHE OUTJSON [extra args]: wall seconds into $secs, peak
   rss=$(cat "$work/rss")
 }
 
-# The package set imagebuild asks mmdebstrap for, for the bare comparison.
-pkgs=$("$BIN" -C "$work" show prod-amd64 | python3 -c "import sys,tomllib; print(','.join(tomllib.loads(sys.stdin.read())['packages']['include']+['systemd-boot-efi','busybox-static']))")
+# The package set imagebuild asks mmdebstrap for, for the bare comparison: the profile's
+# plus boot::BOOT_PACKAGES.
+pkgs=$("$BIN" -C "$work" show prod-amd64 | python3 -c "import sys,tomllib; print(','.join(tomllib.loads(sys.stdin.read())['packages']['include']+['systemd-boot-efi','busybox-static','systemd-repart']))")
 mirror=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | grep -v security | awk '{print $2}' | head -n1)
 [ -n "$mirror" ] || mirror=$(grep -hs '^deb ' /etc/apt/sources.list | grep -v security | awk '{print $2}' | head -n1)
 

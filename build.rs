@@ -1,7 +1,8 @@
 //! Builds `efi/zkernel` (the compressed-kernel loader for arm64 UKIs, an EFI application) for
 //! aarch64-unknown-uefi with this same toolchain, and leaves it in OUT_DIR for
-//! `include_bytes!`. Paths are remapped and the link is /Brepro, so the loader's bytes depend
-//! on its source, its Cargo.lock and the Rust toolchain only.
+//! `include_bytes!`. Paths are remapped and the link has no timestamp or debug directory
+//! (/Brepro /DEBUG:NONE), so the loader's bytes depend on its source, its Cargo.lock and the
+//! Rust toolchain only.
 
 use std::env;
 use std::path::PathBuf;

@@ -26,7 +26,8 @@ const HEADER_LEN: usize = 16;
 /// The arm64 `Image` header: "ARM\x64" at 0x38 (Documentation/arch/arm64/booting.rst).
 const ARM64_MAGIC_AT: usize = 0x38;
 const ARM64_MAGIC: &[u8; 4] = b"ARM\x64";
-/// zlib level: 9 is about 1 % smaller than 6 for a kernel and takes twice as long.
+/// zlib level. Debian's 6.12.107 cloud-arm64 Image (30.9 MB) on this project's build host:
+/// level 6 gives 11.78 MB in 2.3 s, level 9 gives 11.75 MB in 4.0 s.
 const LEVEL: u32 = 6;
 
 /// Whether `linux` is an uncompressed arm64 kernel `Image` (an EFI zboot image or a bzImage
@@ -140,8 +141,13 @@ mod tests {
     fn a_corrupt_payload_does_not_unwrap() {
         let kernel = fake_image(1 << 20);
         let mut wrapped = wrap(LOADER_AARCH64, &kernel).unwrap();
-        let n = wrapped.len();
-        wrapped[n - 4096] ^= 0xff;
+        let pe = goblin::pe::PE::parse(&wrapped).unwrap();
+        let linuxz = pe.sections.last().unwrap();
+        assert_eq!(linuxz.name().unwrap(), SECTION);
+        // A byte in the middle of the zlib stream, past the 16-byte header.
+        let at =
+            linuxz.pointer_to_raw_data as usize + HEADER_LEN + linuxz.virtual_size as usize / 2;
+        wrapped[at] ^= 0xff;
         assert_eq!(unwrap(&wrapped), None);
         assert_eq!(unwrap(LOADER_AARCH64), None);
     }

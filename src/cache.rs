@@ -116,19 +116,36 @@ impl Cache {
         let dir = path.parent().context("cache entry has no parent")?;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating cache directory {}", dir.display()))?;
+        write_atomic(&sidecar(&path), format!("{}\n", from.sha256).as_bytes())?;
+        if same_file(&path, &from.path) {
+            // rename(2) between two links of one file does nothing and would leave the
+            // temporary link behind (one per run, each the size of a base).
+            return Ok(Hit {
+                path,
+                sha256: from.sha256.clone(),
+            });
+        }
         let tmp = dir.join(format!(".{key}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         if std::fs::hard_link(&from.path, &tmp).is_err() {
             std::fs::copy(&from.path, &tmp)
                 .with_context(|| format!("copying {} in the cache", from.path.display()))?;
         }
-        write_atomic(&sidecar(&path), format!("{}\n", from.sha256).as_bytes())?;
         std::fs::rename(&tmp, &path)
             .with_context(|| format!("moving {} into the cache", path.display()))?;
         Ok(Hit {
             path,
             sha256: from.sha256.clone(),
         })
+    }
+}
+
+/// Whether `a` and `b` are links to one file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
     }
 }
 
@@ -201,6 +218,28 @@ mod tests {
             "corrupt entry must not be used"
         );
         assert!(!hit.path.exists(), "corrupt entry is removed");
+    }
+
+    #[test]
+    fn aliasing_again_leaves_no_temporary_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let host = Host::new(false);
+        let hit = cache
+            .put("base", "a", |p| Ok(std::fs::write(p, b"rootfs")?))
+            .unwrap();
+        for _ in 0..3 {
+            let alias = cache.alias("base", "b", &hit).unwrap();
+            assert_eq!(alias.sha256, hit.sha256);
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("base"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "a.sha256", "b", "b.sha256"]);
+        let got = cache.get(&host, "base", "b").unwrap().unwrap();
+        assert_eq!(std::fs::read(got.path).unwrap(), b"rootfs");
     }
 
     #[test]

@@ -160,6 +160,10 @@ fn build_verify_and_check(profile: &str, arch_root_type: &str) {
         "uninitialized\n"
     );
     assert!(!fs.exists("/etc/ssh/ssh_host_ed25519_key").unwrap());
+    assert!(
+        !fs.exists("/etc/dpkg/dpkg.cfg.d/99mmdebstrap").unwrap(),
+        "the bootstrap's dpkg options (force-unsafe-io) must not stay in the image"
+    );
     let files = img.esp_files().unwrap();
     assert_eq!(files.len(), 1);
     assert!(

@@ -348,6 +348,13 @@ pub fn mmdebstrap_command(
             cmd.env("QEMU_CPU", "neoverse-n1");
         }
     }
+    // dpkg syncs every unpacked file to disk; the bootstrap's only product is the tar
+    // written at the end (a crash means bootstrapping again), so those syncs buy nothing.
+    // Measured on a cold arm64 bootstrap: 284 s instead of 363 s. mmdebstrap keeps the
+    // option in /etc/dpkg/dpkg.cfg.d/99mmdebstrap; it is removed so the image's own dpkg
+    // syncs as Debian's does.
+    cmd.arg("--dpkgopt=force-unsafe-io")
+        .arg("--customize-hook=rm -f \"$1\"/etc/dpkg/dpkg.cfg.d/99mmdebstrap");
     // openssh-server's postinst makes host keys only when they are missing; imagebuild
     // removes them anyway (each machine makes its own on first boot), so empty
     // placeholders spare the key generation (12 s under emulation) and are removed again.

@@ -298,3 +298,67 @@ fn a_missing_image_is_an_error() {
         "{err:#}"
     );
 }
+
+/// A console that reports an RCU stall, stays silent, and reports it again: the shape of a
+/// guest whose timer interrupt stopped under TCG.
+const STALL: &str = r#"
+printf '[   23.465441] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\r\n'
+printf '[   23.475184] RIP: 0010:pv_native_safe_halt+0xf/0x20\r\n'
+sleep 1.5
+printf '[   86.489110] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\r\n'
+exec sleep 30"#;
+
+impl Fake {
+    /// verify with a one-second stall silence, so a stuck boot is seen in seconds.
+    fn verify_with_short_stalls(&self) -> (Outcome, Duration) {
+        let mut options = self.options(20);
+        options.stall_silence = Duration::from_secs(1);
+        let started = Instant::now();
+        let runner = |command: &mut Command| -> anyhow::Result<Child> { Ok(command.spawn()?) };
+        let outcome = verify::verify(&self.image, &self.machine, &options, &runner).unwrap();
+        (outcome, started.elapsed())
+    }
+}
+
+#[test]
+fn a_stalled_guest_under_tcg_is_booted_once_more_and_the_verdict_says_so() {
+    // The first boot stalls; the second (the counter file exists by then) is healthy.
+    let fake = Fake::new(&format!(
+        "boots=\"$(dirname \"$0\")/boots\"\nif [ ! -e \"$boots\" ]; then touch \"$boots\"\n{STALL}\nfi\n\
+         echo 'IMAGEBUILD-HEALTH {HEALTHY}'\nexec sleep 30"
+    ));
+    let (outcome, took) = fake.verify_with_short_stalls();
+    let Outcome::Pass(_, _, timeline) = &outcome else {
+        panic!("{outcome:?}\n{}", fake.log())
+    };
+    assert!(
+        matches!(&timeline.retried_after, Some(FailReason::GuestStalled(l)) if l.contains("86.489110")),
+        "{timeline:?}"
+    );
+    assert!(
+        outcome
+            .to_string()
+            .contains("booted twice, the first boot failed: the guest stopped making progress"),
+        "{outcome}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let log = fake.log();
+    assert!(
+        log.contains("\n# booting again: the first boot failed: "),
+        "{log}"
+    );
+    assert_eq!(log.matches("# imagebuild verify ").count(), 2, "{log}");
+}
+
+#[test]
+fn a_guest_that_stalls_twice_fails_with_the_reason_not_the_timeout() {
+    let fake = Fake::new(STALL);
+    let (outcome, took) = fake.verify_with_short_stalls();
+    let (reason, tail) = fail_reason(outcome);
+    assert!(matches!(reason, FailReason::GuestStalled(_)), "{reason:?}");
+    assert!(tail.contains("rcu_preempt detected stalls"), "{tail}");
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?}, the timeout is 20 s"
+    );
+}

@@ -195,6 +195,50 @@ fn recognise_console(line: &str) -> Option<Sign> {
     root_not_found.then(|| Sign::Failure(FailReason::RootNotFound(line.to_owned())))
 }
 
+/// How long the console must have been silent before a second RCU stall report for the
+/// guest to count as stuck. Stall reports repeat every 21-63 s; a guest that is only slow
+/// (a starved vCPU) keeps printing in between.
+pub const STALL_SILENCE: Duration = Duration::from_secs(15);
+
+/// Tells a stuck guest from a slow one by the kernel's RCU stall reports. Seen under TCG:
+/// after "Run /init" one vCPU's timer interrupt never came again; both vCPUs idled, and the
+/// console held nothing but a stall report every 21-63 s until the timeout.
+#[derive(Debug)]
+pub struct StallWatch {
+    silence: Duration,
+    reports: u32,
+    last_line: Duration,
+}
+
+impl StallWatch {
+    pub fn new(silence: Duration) -> StallWatch {
+        StallWatch {
+            silence,
+            reports: 0,
+            last_line: Duration::ZERO,
+        }
+    }
+
+    /// Takes each console line with the time it arrived; a failure once a stall report
+    /// follows an earlier one after at least `silence` without any console output.
+    pub fn line(&mut self, line: &str, at: Duration) -> Option<FailReason> {
+        let quiet = at.saturating_sub(self.last_line);
+        self.last_line = at;
+        if !is_rcu_stall_report(line) {
+            return None;
+        }
+        self.reports += 1;
+        (self.reports > 1 && quiet >= self.silence)
+            .then(|| FailReason::GuestStalled(line.trim().to_owned()))
+    }
+}
+
+/// The first line of the kernel's RCU stall report ("rcu: INFO: rcu_preempt detected
+/// stalls on CPUs/tasks:", "rcu: INFO: rcu_sched self-detected stall on CPU").
+fn is_rcu_stall_report(line: &str) -> bool {
+    line.contains("rcu: INFO: rcu_") && line.contains(" stall")
+}
+
 /// The boot stage a console line ends (see [`super::Timeline`]), if it marks one.
 pub fn milestone(line: &str) -> Option<&'static str> {
     if line.starts_with("EFI stub: ") {
@@ -383,5 +427,66 @@ mod tests {
             shell_line(&command),
             "qemu-system-x86_64 -drive 'file=/tmp/a b.raw' -m 1024"
         );
+    }
+
+    /// Feeds `(seconds, line)` pairs; the first failure and the second it came at.
+    fn first_stall(lines: &[(f64, &str)]) -> Option<(f64, FailReason)> {
+        let mut watch = StallWatch::new(STALL_SILENCE);
+        lines.iter().find_map(|(at, line)| {
+            watch
+                .line(line, Duration::from_secs_f64(*at))
+                .map(|r| (*at, r))
+        })
+    }
+
+    const REPORT: &str = "[   23.465441] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:";
+
+    #[test]
+    fn a_guest_that_only_reports_stalls_is_stuck() {
+        // The shape of the stuck boot's console: a report and its dump, then silence
+        // until the next report.
+        let stuck = [
+            (5.3, "[    5.253982] Run /init as init process"),
+            (23.5, REPORT),
+            (23.6, "[   23.467915] Sending NMI from CPU 1 to CPUs 0:"),
+            (
+                23.7,
+                "[   23.475184] RIP: 0010:pv_native_safe_halt+0xf/0x20",
+            ),
+            (
+                86.5,
+                "[   86.489110] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+            ),
+        ];
+        let (at, reason) = first_stall(&stuck).expect("stuck");
+        assert_eq!(at, 86.5);
+        assert!(
+            matches!(&reason, FailReason::GuestStalled(l) if l.contains("86.489110")),
+            "{reason:?}"
+        );
+        assert!(reason.to_string().contains("TCG"), "{reason}");
+    }
+
+    #[test]
+    fn a_slow_guest_that_keeps_printing_is_not_stuck() {
+        let slow = [
+            (20.0, REPORT),
+            (
+                21.0,
+                "[   21.0] systemd[1]: Started systemd-journald.service",
+            ),
+            (
+                35.0,
+                "[  OK  ] Reached target sysinit.target - System Initialization.",
+            ),
+            (
+                41.0,
+                "[   41.0] rcu: INFO: rcu_preempt self-detected stall on CPU",
+            ),
+            (42.0, "IMAGEBUILD-HEALTH {}"),
+        ];
+        assert_eq!(first_stall(&slow), None);
+        // One report alone, however long the silence before it, is not enough either.
+        assert_eq!(first_stall(&[(5.0, "x"), (80.0, REPORT)]), None);
     }
 }

@@ -171,7 +171,7 @@ impl fmt::Display for FailReason {
             FailReason::GuestStalled(line) => write!(
                 f,
                 "the guest stopped making progress: the kernel reported an RCU stall again \
-                 after a silent console ({line}); under TCG this is usually the emulator \
+                 after a silent console ({line}); under TCG this can be the emulator \
                  losing a timer interrupt, under KVM suspect the kernel or a driver"
             ),
         }
@@ -212,8 +212,10 @@ pub fn judge(report: &HealthReport) -> Option<FailReason> {
 /// Boots `image` on `machine` and judges it by its health line. The image is attached with
 /// `snapshot=on` and never changes. The console goes to `opts.log_path` as it arrives; QEMU
 /// is killed as soon as the health line or a failure (kernel panic, root device not found,
-/// KVM error) is seen, or at the timeout. Errors are for what prevents a run (no image, no
-/// firmware, QEMU not starting, the log not writable); a bad boot is an [`Outcome::Fail`].
+/// KVM error, a stuck guest) is seen, or at the timeout. A guest stuck under TCG is booted
+/// once more, with its own timeout, and a pass then names the first failure. Errors are
+/// for what prevents a run (no image, no firmware, QEMU not starting, the log not
+/// writable); a bad boot is an [`Outcome::Fail`].
 pub fn verify(
     image: &Path,
     machine: &Machine,
@@ -222,8 +224,8 @@ pub fn verify(
 ) -> Result<Outcome> {
     let mut log = ConsoleLog::create(&opts.log_path, opts.interactive)?;
     let first = boot_once(image, machine, opts, runner, &mut log)?;
-    // A guest stuck under TCG is most often the emulator (a lost timer interrupt: the
-    // kernel reports RCU stalls and idles for good), not the image: boot it once more and
+    // A guest stuck under TCG can be the emulator (a lost timer interrupt: the kernel
+    // reports RCU stalls and idles for good) rather than the image: boot it once more and
     // say so. Under KVM, and on any other failure, the first verdict stands.
     let outcome = match first {
         (

@@ -65,15 +65,13 @@ impl Fake {
 
     /// Runs verify; returns the outcome and how long it took.
     fn verify(&self, timeout_secs: u64) -> (Outcome, Duration) {
+        self.verify_with(&self.options(timeout_secs))
+    }
+
+    fn verify_with(&self, options: &VerifyOptions) -> (Outcome, Duration) {
         let started = Instant::now();
         let runner = |command: &mut Command| -> anyhow::Result<Child> { Ok(command.spawn()?) };
-        let outcome = verify::verify(
-            &self.image,
-            &self.machine,
-            &self.options(timeout_secs),
-            &runner,
-        )
-        .unwrap();
+        let outcome = verify::verify(&self.image, &self.machine, options, &runner).unwrap();
         (outcome, started.elapsed())
     }
 
@@ -313,10 +311,7 @@ impl Fake {
     fn verify_with_short_stalls(&self) -> (Outcome, Duration) {
         let mut options = self.options(20);
         options.stall_silence = Duration::from_secs(1);
-        let started = Instant::now();
-        let runner = |command: &mut Command| -> anyhow::Result<Child> { Ok(command.spawn()?) };
-        let outcome = verify::verify(&self.image, &self.machine, &options, &runner).unwrap();
-        (outcome, started.elapsed())
+        self.verify_with(&options)
     }
 }
 

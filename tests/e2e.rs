@@ -164,6 +164,13 @@ fn build_verify_and_check(profile: &str, arch_root_type: &str) {
         !fs.exists("/etc/dpkg/dpkg.cfg.d/99mmdebstrap").unwrap(),
         "the bootstrap's dpkg options (force-unsafe-io) must not stay in the image"
     );
+    for name in ["dpkg-deb", "dpkg-split"] {
+        assert!(
+            !fs.exists(&format!("/usr/sbin/{name}")).unwrap(),
+            "the native {name} of a foreign-architecture bootstrap must not stay in the image"
+        );
+        assert!(fs.exists(&format!("/usr/bin/{name}")).unwrap());
+    }
     let files = img.esp_files().unwrap();
     assert_eq!(files.len(), 1);
     assert!(

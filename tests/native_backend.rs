@@ -84,20 +84,26 @@ impl Fixture {
         file("usr/share/t/data", &data, 0o644);
         std::os::unix::fs::symlink("data", tree.join("usr/share/t/link")).unwrap();
         let deb = self.path(&format!("t-{compression}.deb"));
-        let out = Command::new("dpkg-deb")
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .args(["--root-owner-group", &format!("-Z{compression}"), "--build"])
-            .arg(&tree)
-            .arg(&deb)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        host_ok(
+            Command::new("dpkg-deb")
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .args(["--root-owner-group", &format!("-Z{compression}"), "--build"])
+                .arg(&tree)
+                .arg(&deb),
         );
         deb
     }
+}
+
+/// Runs a host program, which must succeed; its output.
+fn host_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Every file under `dir`: name, mode, owner, mtime, content.
@@ -133,12 +139,7 @@ fn fsys_tarfile_is_byte_for_byte_dpkg_debs_for_every_compression() {
             "{c}: {}",
             String::from_utf8_lossy(&ours.stderr)
         );
-        let theirs = Command::new("dpkg-deb")
-            .arg("--fsys-tarfile")
-            .arg(&deb)
-            .output()
-            .unwrap();
-        assert!(theirs.status.success());
+        let theirs = host_ok(Command::new("dpkg-deb").arg("--fsys-tarfile").arg(&deb));
         assert!(
             ours.stdout.len() > 40_000,
             "{c}: only {} bytes",
@@ -168,13 +169,12 @@ fn control_extracts_what_dpkg_deb_does_with_modes_owners_and_times() {
             "{c}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let out = Command::new("dpkg-deb")
-            .arg("--control")
-            .arg(&deb)
-            .arg(&theirs)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        host_ok(
+            Command::new("dpkg-deb")
+                .arg("--control")
+                .arg(&deb)
+                .arg(&theirs),
+        );
         let (a, b) = (listing(&ours), listing(&theirs));
         assert_eq!(
             a.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
@@ -211,16 +211,11 @@ fn split_check_says_not_a_part_natively_and_hands_on_real_parts() {
     assert_eq!(f.handed_on(), "");
 
     let prefix = f.path("part");
-    let out = Command::new("dpkg-split")
-        .args(["--split", "-S", "20"])
-        .arg(&deb)
-        .arg(&prefix)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    host_ok(
+        Command::new("dpkg-split")
+            .args(["--split", "-S", "20"])
+            .arg(&deb)
+            .arg(&prefix),
     );
     let part = std::fs::read_dir(f.dir.path())
         .unwrap()

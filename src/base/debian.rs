@@ -143,15 +143,20 @@ pub fn produce(
             p.mirror
         ));
     }
-    let native = match Arch::host() == Some(p.arch) {
-        true => None,
-        false => Some(write_native_backend(work.path())?),
+    let native = if Arch::host() == Some(p.arch) {
+        None
+    } else {
+        Some(write_native_backend(work.path())?)
     };
     let hit = cache.put("base", &format!("{key}.tar"), |out| {
-        let mut cmd = mmdebstrap_command(&p.suite_args(), out, &debs, p.epoch, prefs.as_deref());
-        if let Some(dir) = &native {
-            with_native_backend(&mut cmd, dir);
-        }
+        let mut cmd = mmdebstrap_command(
+            &p.suite_args(),
+            out,
+            &debs,
+            p.epoch,
+            prefs.as_deref(),
+            native.as_deref(),
+        );
         host.stream(&mut cmd, &mut |line| {
             if let Some(msg) = line.strip_prefix("I: ") {
                 stage.message(msg);
@@ -330,13 +335,14 @@ impl Params<'_> {
 /// The mmdebstrap command line imagebuild runs (also used by `make bench` for the bare
 /// comparison, without the cache hooks when `debs` is empty). `prefs` is an apt
 /// preferences file that is in force while packages are resolved and installed and is
-/// not in the result.
+/// not in the result. `native` holds the native backend, for a foreign architecture.
 pub fn mmdebstrap_command(
     a: &SuiteArgs,
     out: &Path,
     debs: &Path,
     epoch: i64,
     prefs: Option<&Path>,
+    native: Option<&Path>,
 ) -> Command {
     let mut cmd = Command::new("mmdebstrap");
     cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
@@ -396,6 +402,9 @@ pub fn mmdebstrap_command(
             .arg(format!(
                 "--customize-hook=rm -f \"$1\"/etc/apt/preferences.d/{name}"
             ));
+    }
+    if let Some(dir) = native {
+        with_native_backend(&mut cmd, dir);
     }
     cmd.arg(&a.suite).arg(out).arg(&a.source);
     cmd

@@ -4,8 +4,8 @@
 //! qemu-user. For each package dpkg runs `dpkg-split -Qao` (is it a split part?),
 //! `dpkg-deb --control` (which runs `tar`) and `dpkg-deb --fsys-tarfile`, so the package is
 //! decompressed by emulated code and four emulated programs start. imagebuild puts this
-//! binary, statically linked for the host, in the target's /usr/local/sbin for the
-//! bootstrap only (dpkg finds it there first on PATH) and removes it again.
+//! binary, statically linked for the host, in the target's /usr/sbin for the bootstrap only
+//! (dpkg finds it there before /usr/bin on PATH) and removes it again.
 //!
 //! It does exactly those three things and hands everything else, unchanged, to the
 //! target's own program: other options, split parts, old-format or bzip2/lzma packages,

@@ -65,9 +65,11 @@ enum Done {
 fn real(name: &str, args: &[OsString]) -> ExitCode {
     let dir = std::env::var_os("DPKG_BACKEND_REAL_DIR").unwrap_or_else(|| "/usr/bin".into());
     let path = Path::new(&dir).join(name);
-    let path = path.display();
-    let e = Command::new(path.to_string()).arg0(name).args(args).exec();
-    eprintln!("{name} (imagebuild's native backend): cannot run {path}: {e}");
+    let e = Command::new(&path).arg0(name).args(args).exec();
+    eprintln!(
+        "{name} (imagebuild's native backend): cannot run {}: {e}",
+        path.display()
+    );
     ExitCode::from(2)
 }
 
@@ -166,7 +168,12 @@ fn fsys_tarfile(deb: &Path) -> io::Result<Done> {
 }
 
 /// `dpkg-deb --control DEB DIR`: the control files extracted into DIR (made if missing).
+/// Only as root (dpkg in a bootstrap is, also in a user namespace): tar run by another user
+/// keeps neither owners nor modes as they are, and that case is left to dpkg-deb's own tar.
 fn control(deb: &Path, dir: &Path) -> io::Result<Done> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(Done::No);
+    }
     let Some(mut member) = open_member(deb, "control.tar")? else {
         return Ok(Done::No);
     };

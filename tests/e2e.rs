@@ -447,9 +447,15 @@ fn corrupt_initramfs(image: &Path) {
 fn image_on_a_larger_disk_grows_its_root() {
     // The check passes only when the root filesystem spans 90% of the disk it booted from.
     let check = "test $(df -B1 --output=size / | tail -n1) -gt $(( $(cat /sys/block/nvme0n1/size) * 512 * 9 / 10 ))";
+    // The ESP is an automount: reading it mounts it. The host keys were made on this boot.
+    let esp =
+        "test -s /boot/efi/EFI/BOOT/BOOTX64.EFI && findmnt -n -o FSTYPE /boot/efi | grep -qx vfat";
+    let keys = "for t in rsa ecdsa ed25519; do test -s /etc/ssh/ssh_host_${t}_key || exit 1; done; systemctl is-active -q ssh.service";
     let project = scratch_project(&[(
         "grow",
-        &format!("extends = [\"prod-amd64\"]\n[[verify.check]]\ncommand = '{check}'\n"),
+        &format!(
+            "extends = [\"prod-amd64\"]\n[[verify.check]]\ncommand = '{check}'\n[[verify.check]]\ncommand = '{esp}'\n[[verify.check]]\ncommand = '{keys}'\n"
+        ),
     )]);
     let image = build_plain(project.path(), "grow");
     let big = project.path().join("big.raw");

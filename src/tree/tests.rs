@@ -186,8 +186,54 @@ fn generate_writes_identity_and_drops_host_and_secret_files() {
         t.get("etc/systemd/system/ssh.service.wants/imagebuild-ssh-hostkeys.service")
             .is_some()
     );
+    let unit = String::from_utf8(
+        t.read("usr/lib/systemd/system/imagebuild-ssh-hostkeys.service")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        unit.contains("DefaultDependencies=no\nAfter=systemd-remount-fs.service\n"),
+        "keys are made early: {unit}"
+    );
     let fstab = String::from_utf8(t.read("etc/fstab").unwrap().unwrap()).unwrap();
     assert!(fstab.contains("PARTUUID=r-uuid / ext4"));
+    assert!(
+        fstab.contains("PARTUUID=e-uuid /boot/efi vfat umask=0077,nofail,x-systemd.automount,"),
+        "the boot does not wait for the ESP: {fstab}"
+    );
+}
+
+#[test]
+fn debian_first_boot_key_generation_is_moved_early() {
+    let (_d, mut t) = base_tree();
+    t.insert(
+        "usr/lib/systemd/system/sshd-keygen.service",
+        Entry::file(b"[Unit]\nConditionFirstBoot=yes\n".to_vec(), 0o644, 0),
+    );
+    let g = Generated {
+        image_id: "prod",
+        version: "1.2",
+        hostname: "web1",
+        root_partuuid: "r-uuid",
+        esp_partuuid: "e-uuid",
+    };
+    generate(&mut t, &g, 7).unwrap();
+    let drop_in = t
+        .read("etc/systemd/system/sshd-keygen.service.d/10-imagebuild-early.conf")
+        .unwrap()
+        .expect("a drop-in for Debian's unit");
+    let drop_in = String::from_utf8(drop_in).unwrap();
+    assert!(
+        drop_in.contains("[Unit]\nDefaultDependencies=no\nAfter=systemd-remount-fs.service\n"),
+        "{drop_in}"
+    );
+    assert!(drop_in.contains("Conflicts=shutdown.target\nBefore=shutdown.target\n"));
+    assert!(
+        t.get("usr/lib/systemd/system/imagebuild-ssh-hostkeys.service")
+            .is_none(),
+        "no second key unit"
+    );
 }
 
 #[test]

@@ -103,6 +103,12 @@ fn build_verify_and_check(profile: &str, arch_root_type: &str) {
         console.contains("IMAGEBUILD-HEALTH {\"image\":\"prod\",\"version\":\"2026.11.1\""),
         "no health line"
     );
+    // The initramfs loaded autofs4, so systemd did not have to.
+    assert!(console.contains("Welcome to"), "no systemd banner");
+    assert!(
+        !console.contains("Inserted module 'autofs4'"),
+        "systemd loaded autofs4 itself"
+    );
     // The image was hashed before it was booted: SHA256SUMS still matches after verify.
     run_ok(
         Command::new("sha256sum")

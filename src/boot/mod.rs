@@ -30,6 +30,11 @@ const ROOT_DISK_MODULES: &[&str] = &[
     "ext4",
 ];
 
+/// Modules systemd loads itself as soon as it starts, unless they are loaded already, by
+/// dlopening libkmod and reading the module indexes first. The initramfs loads them with
+/// busybox instead: under TCG, switch_root to systemd's banner took 1.07 s instead of 1.2 s.
+const EARLY_MODULES: &[&str] = &["autofs4"];
+
 /// Seconds the initramfs waits for the root device.
 const ROOT_TIMEOUT_SECS: u32 = 30;
 
@@ -77,7 +82,7 @@ pub fn cmdline(recipe: &Recipe, root_partuuid: &str) -> String {
 /// Builds the initramfs and UKI from the tree and returns the ESP's files.
 pub fn make(tree: &Tree, recipe: &Recipe, root_partuuid: &str) -> Result<Boot> {
     let (kver, linux) = modules::find_kernel(tree)?;
-    let mut wanted: Vec<&str> = ROOT_DISK_MODULES.to_vec();
+    let mut wanted: Vec<&str> = [ROOT_DISK_MODULES, EARLY_MODULES].concat();
     wanted.extend(recipe.modules.iter().map(String::as_str));
     let closure = modules::module_closure(tree, &kver, &wanted)?;
     let busybox = tree

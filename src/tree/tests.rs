@@ -156,17 +156,21 @@ fn overlay_owner_must_exist_in_the_image() {
     assert!(msg.contains("no user `nobody-here`"), "{msg}");
 }
 
-#[test]
-fn generate_writes_identity_and_drops_host_and_secret_files() {
-    let (_d, mut t) = base_tree();
-    let g = Generated {
+/// The identity the generate tests give an image.
+fn identity() -> Generated<'static> {
+    Generated {
         image_id: "prod",
         version: "1.2",
         hostname: "web1",
         root_partuuid: "r-uuid",
         esp_partuuid: "e-uuid",
-    };
-    generate(&mut t, &g, 7).unwrap();
+    }
+}
+
+#[test]
+fn generate_writes_identity_and_drops_host_and_secret_files() {
+    let (_d, mut t) = base_tree();
+    generate(&mut t, &identity(), 7).unwrap();
     assert_eq!(t.read("etc/hostname").unwrap().unwrap(), b"web1\n");
     let osr = String::from_utf8(t.read("etc/os-release").unwrap().unwrap()).unwrap();
     assert!(
@@ -211,14 +215,7 @@ fn debian_first_boot_key_generation_is_moved_early() {
         "usr/lib/systemd/system/sshd-keygen.service",
         Entry::file(b"[Unit]\nConditionFirstBoot=yes\n".to_vec(), 0o644, 0),
     );
-    let g = Generated {
-        image_id: "prod",
-        version: "1.2",
-        hostname: "web1",
-        root_partuuid: "r-uuid",
-        esp_partuuid: "e-uuid",
-    };
-    generate(&mut t, &g, 7).unwrap();
+    generate(&mut t, &identity(), 7).unwrap();
     let drop_in = t
         .read("etc/systemd/system/sshd-keygen.service.d/10-imagebuild-early.conf")
         .unwrap()

@@ -102,7 +102,7 @@ const KEYGEN_DROP_IN: &str = "etc/systemd/system/sshd-keygen.service.d/10-imageb
 
 /// Ordering for the unit that makes the host keys: as soon as the root filesystem is
 /// writable, beside the rest of early boot, instead of after basic.target. The RSA key
-/// alone takes 2.4-3.8 s under TCG, and sshd (so multi-user.target) waited for it at the
+/// alone takes 2.4-4.8 s under TCG, and sshd (so multi-user.target) waited for it at the
 /// end of a chain it does not belong to; the keys need nothing but /etc/ssh writable and
 /// the kernel's random numbers.
 const KEYGEN_EARLY: &str = "DefaultDependencies=no\nAfter=systemd-remount-fs.service\nConflicts=shutdown.target\nBefore=shutdown.target\n";

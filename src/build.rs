@@ -279,6 +279,8 @@ fn run(
         (health_seconds, boot_stages) = t.stage(rep, "verify", |_| {
             let mut req = req.clone();
             req.log = Some(staging.path(&format!("{}.console.log", recipe.artifact_stem())));
+            // The release's firmware comes from the mirror the base came from.
+            req.mirror = crate::base::mirror_of(recipe).ok();
             let (outcome, log) = crate::verify::image::verify_image(host, project, &image, &req)?;
             // A failed build keeps the console next to its log (the staging goes away).
             let kept = staging.failed_console_log().unwrap_or(log.clone());

@@ -151,7 +151,7 @@ pub struct BootArgs {
 }
 
 impl BootArgs {
-    fn request(&self, echo: bool) -> crate::verify::image::Request {
+    fn request(&self, echo: bool, cache: &Cache) -> crate::verify::image::Request {
         use crate::verify::Accel;
         crate::verify::image::Request {
             accel: match self.accel.as_str() {
@@ -163,6 +163,8 @@ impl BootArgs {
             memory_mib: self.memory,
             log: None,
             echo,
+            cache: Some(cache.root().to_path_buf()),
+            mirror: None,
         }
     }
 }
@@ -226,7 +228,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             &project,
             profile,
             BuildChecks {
-                verify: verify.then(|| boot.request(false)),
+                verify: verify.then(|| boot.request(false, &cache(cli))),
                 expect_sha256: expect_sha256.clone(),
                 relock: *relock,
             },
@@ -366,8 +368,12 @@ fn cmd_verify(
     keep_log: bool,
 ) -> Result<ExitCode> {
     let host = Host::new(cli.verbose);
-    let (outcome, log) =
-        crate::verify::image::verify_image(&host, project, image, &boot.request(cli.verbose))?;
+    let (outcome, log) = crate::verify::image::verify_image(
+        &host,
+        project,
+        image,
+        &boot.request(cli.verbose, &cache(cli)),
+    )?;
     if let Some(e) = crate::verify::image::failure(&outcome, &log) {
         return Err(e);
     }
@@ -403,7 +409,7 @@ fn cmd_run(cli: &Cli, project: &Project, target: &str, boot: &BootArgs) -> Resul
     };
     let arch = crate::verify::image::image_arch(&image)?;
     let machine = crate::verify::image::machine_for(project, arch)?;
-    let req = boot.request(true);
+    let req = boot.request(true, &cache(cli));
     let mut opts = crate::verify::VerifyOptions::for_machine(
         &machine,
         crate::verify::image::default_log(&image),
@@ -412,6 +418,9 @@ fn cmd_run(cli: &Cli, project: &Project, target: &str, boot: &BootArgs) -> Resul
     if let Some(m) = req.memory_mib {
         opts.memory_mib = m;
     }
+    opts.firmware = Some(crate::verify::image::firmware_for(
+        &host, &machine, &image, &req,
+    )?);
     let runner = |cmd: &mut std::process::Command| host.spawn(cmd);
     let status = crate::verify::run_interactive(&image, &machine, &opts, &runner)?;
     Ok(if status.success() {

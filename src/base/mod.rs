@@ -16,7 +16,7 @@ use crate::profile::{BaseSpec, Recipe};
 use crate::progress::Stage;
 use crate::tree::Tree;
 
-pub use debian::{NATIVE_BACKEND, mmdebstrap_command};
+pub use debian::{NATIVE_BACKEND, mirror_of, mmdebstrap_command};
 
 /// A base root filesystem tar in the cache.
 #[derive(Debug, Clone)]

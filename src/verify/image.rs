@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::firmware::{Origin, release_firmware};
+use super::qemu::Firmware;
 use super::{Accel, FailReason, Machine, Outcome, VerifyOptions};
+use crate::cache::Cache;
 use crate::disk;
 use crate::error::{Kind, UserError};
 use crate::host::Host;
@@ -24,6 +27,11 @@ pub struct Request {
     pub log: Option<PathBuf>,
     /// Echo the console to stderr.
     pub echo: bool,
+    /// The cache that keeps a release's firmware (see [`super::firmware`]); None boots on
+    /// the host's firmware.
+    pub cache: Option<PathBuf>,
+    /// The Debian mirror to fetch the release's firmware from; None: the host's apt mirror.
+    pub mirror: Option<String>,
 }
 
 impl Default for Request {
@@ -34,6 +42,8 @@ impl Default for Request {
             memory_mib: None,
             log: None,
             echo: false,
+            cache: None,
+            mirror: None,
         }
     }
 }
@@ -59,19 +69,85 @@ pub fn machine_for(project: &Project, arch: Arch) -> Result<Machine> {
     }
 }
 
-/// IMAGE_ID and IMAGE_VERSION from the image's os-release.
-fn identity(image: &Path) -> Result<(String, String)> {
+/// What the image's os-release says it is.
+struct OsRelease {
+    image_id: String,
+    image_version: String,
+    /// The Debian release's code name (`trixie`); None for other systems.
+    debian_release: Option<String>,
+}
+
+fn os_release(image: &Path) -> Result<OsRelease> {
     let fs = Image::open(image)?.root()?;
     let text = fs
         .read_to_string("/etc/os-release")
         .context("reading /etc/os-release of the image")?;
+    Ok(parse_os_release(&text))
+}
+
+fn parse_os_release(text: &str) -> OsRelease {
     let field = |k: &str| {
         text.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .map(|v| v.trim_matches('"').to_string())
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .map(|v| v.trim().trim_matches('"').to_string())
             .unwrap_or_default()
     };
-    Ok((field("IMAGE_ID="), field("IMAGE_VERSION=")))
+    let codename = field("VERSION_CODENAME");
+    OsRelease {
+        image_id: field("IMAGE_ID"),
+        image_version: field("IMAGE_VERSION"),
+        debian_release: (field("ID") == "debian" && !codename.is_empty()).then_some(codename),
+    }
+}
+
+/// The firmware to boot `image` on: the machine's release firmware for the image's Debian
+/// release if the machine names one and `req` has a cache, else the host's files. A release
+/// firmware that cannot be had falls back to the host's files with a warning.
+pub fn firmware_for(
+    host: &Host,
+    machine: &Machine,
+    image: &Path,
+    req: &Request,
+) -> Result<Firmware> {
+    let (Some(spec), Some(cache)) = (&machine.release_firmware, &req.cache) else {
+        return machine.firmware();
+    };
+    let Some(release) = os_release(image)?.debian_release else {
+        return machine.firmware();
+    };
+    let fetched = (|| {
+        let mirror = match &req.mirror {
+            Some(m) => m.clone(),
+            None => crate::base::mirror::host_mirror()?,
+        };
+        let cache = Cache::new(cache);
+        let origin = Origin {
+            cache: &cache,
+            mirror: &mirror,
+            release: &release,
+            arch: machine.arch,
+        };
+        release_firmware(host, spec, &origin)
+    })();
+    match fetched {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            let why = format!("{e:#}");
+            let fallback = machine.firmware().with_context(|| {
+                format!(
+                    "{} of {release} could not be fetched either: {why}",
+                    spec.package
+                )
+            })?;
+            let warning = format!(
+                "warning: booting on {}: {} of {release} could not be fetched: {why}",
+                fallback.origin, spec.package
+            );
+            host.note(&warning);
+            eprintln!("{warning}");
+            Ok(fallback)
+        }
+    }
 }
 
 /// Default console log path: `<image>.console.log`.
@@ -100,7 +176,9 @@ pub fn verify_image(
     if let Some(m) = req.memory_mib {
         opts.memory_mib = m;
     }
-    let expected = identity(image)?;
+    let osr = os_release(image)?;
+    let expected = (osr.image_id, osr.image_version);
+    opts.firmware = Some(firmware_for(host, &machine, image, req)?);
     let runner = |cmd: &mut std::process::Command| host.spawn(cmd);
     let outcome = super::verify(image, &machine, &opts, &runner)?;
     let outcome = match outcome {
@@ -136,4 +214,31 @@ pub fn failure(outcome: &Outcome, log: &Path) -> Option<anyhow::Error> {
             .hint(format!("the whole console is in {}", log.display()))
             .into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_names_a_debian_release_only_for_debian() {
+        let osr = parse_os_release(
+            "PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\nVERSION_CODENAME=trixie\nID=debian\n\
+             IMAGE_ID=prod\nIMAGE_VERSION=\"2026.11.1\"\n",
+        );
+        assert_eq!(osr.debian_release.as_deref(), Some("trixie"));
+        assert_eq!(
+            (osr.image_id.as_str(), osr.image_version.as_str()),
+            ("prod", "2026.11.1")
+        );
+        let other = parse_os_release("ID=fedora\nVERSION_CODENAME=\nIMAGE_ID=x\n");
+        assert_eq!(other.debian_release, None);
+        let no_codename = parse_os_release("ID=debian\nIMAGE_ID=x\n");
+        assert_eq!(no_codename.debian_release, None);
+        // IMAGE_ID= is not read as IMAGE_ID_LIKE= or the other way round.
+        assert_eq!(
+            parse_os_release("IMAGE_ID_LIKE=y\nIMAGE_ID=x\n").image_id,
+            "x"
+        );
+    }
 }

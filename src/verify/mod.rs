@@ -7,6 +7,7 @@
 //! commands that logs each command line; tests pass `|c| Ok(c.spawn()?)`.
 
 pub mod console;
+pub mod firmware;
 pub mod health;
 pub mod image;
 pub mod qemu;
@@ -48,6 +49,8 @@ pub struct VerifyOptions {
     /// A second kernel RCU stall report after this much console silence means the guest
     /// is stuck (see [`console::StallWatch`]).
     pub stall_silence: Duration,
+    /// The firmware to boot; None takes the machine's host files ([`Machine::firmware`]).
+    pub firmware: Option<qemu::Firmware>,
 }
 
 impl VerifyOptions {
@@ -60,6 +63,7 @@ impl VerifyOptions {
             log_path: log_path.into(),
             interactive: false,
             stall_silence: console::STALL_SILENCE,
+            firmware: None,
         }
     }
 }
@@ -258,15 +262,17 @@ fn boot_once(
     runner: Runner,
     log: &mut ConsoleLog,
 ) -> Result<(Outcome, Accelerator)> {
-    let (mut command, accel, _vars) = prepare(image, machine, opts, runner, ConsoleMode::Captured)?;
+    let (mut command, accel, firmware, _vars) =
+        prepare(image, machine, opts, runner, ConsoleMode::Captured)?;
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     log.note(&format!(
-        "imagebuild verify {} ({}, {accel})",
+        "imagebuild verify {} ({}, {accel}, firmware: {})",
         image.display(),
-        machine.arch
+        machine.arch,
+        firmware.origin
     ))?;
     log.note_command(&command)?;
 
@@ -296,7 +302,7 @@ pub fn run_interactive(
     opts: &VerifyOptions,
     runner: Runner,
 ) -> Result<ExitStatus> {
-    let (mut command, _accel, _vars) =
+    let (mut command, _accel, _firmware, _vars) =
         prepare(image, machine, opts, runner, ConsoleMode::Terminal)?;
     command
         .stdin(Stdio::inherit())
@@ -308,18 +314,26 @@ pub fn run_interactive(
         .with_context(|| format!("waiting for {}", machine.binary))
 }
 
-/// The QEMU command line for booting `image`, the accelerator chosen, and the private
-/// firmware variables file (which must live as long as QEMU runs).
+/// The QEMU command line for booting `image`, the accelerator chosen, the firmware, and
+/// the private firmware variables file (which must live as long as QEMU runs).
 fn prepare(
     image: &Path,
     machine: &Machine,
     opts: &VerifyOptions,
     runner: Runner,
     console: ConsoleMode,
-) -> Result<(Command, Accelerator, tempfile::NamedTempFile)> {
+) -> Result<(
+    Command,
+    Accelerator,
+    qemu::Firmware,
+    tempfile::NamedTempFile,
+)> {
     std::fs::metadata(image).with_context(|| format!("reading image {}", image.display()))?;
-    let firmware = machine.firmware()?;
-    let accel = opts.accel.resolve(machine, runner);
+    let firmware = match &opts.firmware {
+        Some(f) => f.clone(),
+        None => machine.firmware()?,
+    };
+    let accel = opts.accel.resolve(machine, &firmware, runner);
     let vars = firmware.vars_copy()?;
     let launch = Launch {
         image: Some(image),
@@ -329,7 +343,7 @@ fn prepare(
         memory_mib: opts.memory_mib,
         console,
     };
-    Ok((machine.command(&launch), accel, vars))
+    Ok((machine.command(&launch), accel, firmware, vars))
 }
 
 /// How watching the console ended.

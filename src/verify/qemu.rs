@@ -16,6 +16,7 @@ use tempfile::NamedTempFile;
 
 use super::Runner;
 use super::console::{self, Event, Framing, Source};
+use super::firmware::ReleaseFirmware;
 
 /// How long [`Accel::Auto`] lets the KVM probe run.
 pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,6 +73,10 @@ pub struct Machine {
     /// Appended to the command line as they are.
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// The firmware package of an image's own Debian release, used before the host's files
+    /// (see [`super::firmware`]).
+    #[serde(default)]
+    pub release_firmware: Option<ReleaseFirmware>,
 }
 
 impl Machine {
@@ -121,14 +126,19 @@ impl Machine {
         if self.cpus == 0 || self.memory_mib < 128 || self.timeout_secs == 0 {
             bail!("`cpus` and `timeout_secs` must be at least 1 and `memory_mib` at least 128");
         }
+        if let Some(r) = &self.release_firmware {
+            r.validate()?;
+        }
         Ok(())
     }
 
     /// The firmware files that exist on this host.
     pub fn firmware(&self) -> Result<Firmware> {
+        let code = self.first_existing("firmware_code", &self.firmware_code)?;
         Ok(Firmware {
-            code: self.first_existing("firmware_code", &self.firmware_code)?,
+            origin: format!("the host's {}", code.display()),
             vars_template: self.first_existing("firmware_vars", &self.firmware_vars)?,
+            code,
         })
     }
 
@@ -232,12 +242,14 @@ fn qemu_file_option(options: &str, path: &Path) -> OsString {
     OsString::from_vec(bytes)
 }
 
-/// Firmware files found on this host.
+/// The firmware files a run boots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Firmware {
     pub code: PathBuf,
     /// The pristine variable store; runs use a copy ([`Firmware::vars_copy`]).
     pub vars_template: PathBuf,
+    /// Where they come from, for logs: `ovmf 2025.02-8 of trixie`, `the host's /usr/...`.
+    pub origin: String,
 }
 
 impl Firmware {
@@ -276,11 +288,11 @@ pub enum Accelerator {
 
 impl Accel {
     /// `Auto` becomes KVM if [`probe_kvm`] says it works, TCG otherwise; the others are kept.
-    pub fn resolve(self, machine: &Machine, runner: Runner) -> Accelerator {
+    pub fn resolve(self, machine: &Machine, firmware: &Firmware, runner: Runner) -> Accelerator {
         let kvm = match self {
             Accel::Kvm => true,
             Accel::Tcg => false,
-            Accel::Auto => probe_kvm(machine, KVM_PROBE_TIMEOUT, runner),
+            Accel::Auto => probe_kvm(machine, firmware, KVM_PROBE_TIMEOUT, runner),
         };
         if kvm {
             Accelerator::Kvm
@@ -322,15 +334,20 @@ pub struct Launch<'a> {
 }
 
 /// Whether KVM can run `machine` here: the host has the same architecture, /dev/kvm opens,
-/// and the machine's firmware, booted under KVM without a disk, prints on the console within
+/// and `firmware`, booted under KVM without a disk, prints on the console within
 /// `timeout`. QEMU failing, reporting a KVM error ("KVM internal error": the guest is then
 /// stopped and stays silent) or silence until `timeout` all mean no. Opening /dev/kvm is not
 /// enough: on some hosts it works and the guest hangs.
-pub fn probe_kvm(machine: &Machine, timeout: Duration, runner: Runner) -> bool {
+pub fn probe_kvm(
+    machine: &Machine,
+    firmware: &Firmware,
+    timeout: Duration,
+    runner: Runner,
+) -> bool {
     if Arch::host() != Some(machine.arch) || !kvm_device_opens() {
         return false;
     }
-    probe_kvm_boot(machine, timeout, runner).unwrap_or(false)
+    probe_kvm_boot(machine, firmware, timeout, runner).unwrap_or(false)
 }
 
 fn kvm_device_opens() -> bool {
@@ -341,8 +358,12 @@ fn kvm_device_opens() -> bool {
         .is_ok()
 }
 
-fn probe_kvm_boot(machine: &Machine, timeout: Duration, runner: Runner) -> Result<bool> {
-    let firmware = machine.firmware()?;
+fn probe_kvm_boot(
+    machine: &Machine,
+    firmware: &Firmware,
+    timeout: Duration,
+    runner: Runner,
+) -> Result<bool> {
     let vars = firmware.vars_copy()?;
     let launch = Launch {
         image: None,
@@ -528,6 +549,7 @@ mod tests {
         let firmware = Firmware {
             code: template.clone(),
             vars_template: template.clone(),
+            origin: "a test".into(),
         };
         let copy = firmware.vars_copy().unwrap();
         assert_ne!(copy.path(), template);
@@ -555,7 +577,8 @@ mod tests {
         let runner =
             |command: &mut Command| -> Result<std::process::Child> { Ok(command.spawn()?) };
         let started = Instant::now();
-        let works = probe_kvm_boot(&machine, timeout, &runner).unwrap();
+        let firmware = machine.firmware().unwrap();
+        let works = probe_kvm_boot(&machine, &firmware, timeout, &runner).unwrap();
         (works, started.elapsed())
     }
 
@@ -590,8 +613,14 @@ mod tests {
             _ => Arch::Amd64,
         };
         let runner = |_: &mut Command| -> Result<std::process::Child> { panic!("nothing runs") };
+        let firmware = Firmware {
+            code: "/nonexistent/CODE.fd".into(),
+            vars_template: "/nonexistent/VARS.fd".into(),
+            origin: "none".into(),
+        };
         assert!(!probe_kvm(
             &Machine::builtin(foreign),
+            &firmware,
             KVM_PROBE_TIMEOUT,
             &runner
         ));

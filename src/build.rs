@@ -419,6 +419,7 @@ fn make_tree(
         hostname: &recipe.hostname,
         root_partuuid: &root,
         esp_partuuid: &esp,
+        ssh_host_keys: &recipe.ssh_host_keys,
     };
     tree::generate(&mut tree, &g, recipe.epoch)?;
     stack::install(&mut tree, stacks, recipe)?;

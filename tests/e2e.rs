@@ -456,7 +456,8 @@ fn image_on_a_larger_disk_grows_its_root() {
     // The ESP is an automount: reading it mounts it. The host keys were made on this boot.
     let esp =
         "test -s /boot/efi/EFI/BOOT/BOOTX64.EFI && findmnt -n -o FSTYPE /boot/efi | grep -qx vfat";
-    let keys = "for t in rsa ecdsa ed25519; do test -s /etc/ssh/ssh_host_${t}_key || exit 1; done; systemctl is-active -q ssh.service";
+    // The profile's two key types, made and served by sshd; no RSA key.
+    let keys = "for t in ecdsa ed25519; do test -s /etc/ssh/ssh_host_${t}_key || exit 1; done; test ! -e /etc/ssh/ssh_host_rsa_key && systemctl is-active -q ssh.service && test $(ssh-keyscan -T 5 127.0.0.1 2>/dev/null | grep -c -e ssh-ed25519 -e ecdsa-sha2) -eq 2";
     let project = scratch_project(&[(
         "grow",
         &format!(

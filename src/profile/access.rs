@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use anyhow::Result;
 
 use super::Merged;
-use super::schema::{ServicesSection, UserSection};
+use super::schema::{HostKeyType, ServicesSection, SshSection, UserSection};
 use crate::error::UserError;
 
 /// A name from the profile and where it is written ("profiles/x.toml:12").
@@ -335,6 +335,42 @@ pub fn services(m: &Merged, s: &ServicesSection) -> Result<ServicesSpec> {
         }
     }
     Ok(spec)
+}
+
+/// The host key types of `[ssh] host-keys`: all three when the merged profile does not set
+/// it; at least one when it does.
+pub fn ssh_host_keys(m: &Merged, s: &SshSection) -> Result<Vec<HostKeyType>> {
+    let set = m
+        .table
+        .get("ssh")
+        .and_then(|t| t.get("host-keys"))
+        .is_some();
+    if !set {
+        return Ok(HostKeyType::ALL.to_vec());
+    }
+    let mut out = Vec::new();
+    for name in &s.host_keys {
+        let Some(t) = HostKeyType::from_name(name) else {
+            return Err(UserError::invalid(format!(
+                "{}: [ssh] host-keys: {name:?} is not an SSH host key type",
+                m.locate(&format!("\"{name}\""))
+            ))
+            .hint("use \"ed25519\", \"ecdsa\" or \"rsa\"")
+            .into());
+        };
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    if out.is_empty() {
+        return Err(UserError::invalid(format!(
+            "{}: [ssh] host-keys names no key type",
+            m.locate("host-keys")
+        ))
+        .hint("name at least one, e.g. host-keys = [\"ed25519\"], or leave host-keys out for all three")
+        .into());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

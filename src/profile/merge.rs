@@ -5,7 +5,7 @@
 use toml::{Table, Value};
 
 /// Top-level tables whose lists are sets (union instead of append).
-const UNION_TABLES: &[&str] = &["services"];
+const UNION_TABLES: &[&str] = &["services", "ssh"];
 
 /// Merges `child` into `acc` (which holds everything inherited so far).
 pub fn merge(acc: &mut Table, child: Table) {

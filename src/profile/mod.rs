@@ -277,6 +277,8 @@ pub struct Recipe {
     /// Login accounts, in profile order.
     pub users: Vec<UserSpec>,
     pub services: ServicesSpec,
+    /// SSH host key types generated on first boot.
+    pub ssh_host_keys: Vec<schema::HostKeyType>,
     pub merged: Merged,
 }
 
@@ -370,6 +372,7 @@ impl Recipe {
             stacks: stack_specs(project, &merged, &p.stack)?,
             users: access::users(&merged, &p.user)?,
             services: access::services(&merged, &p.services)?,
+            ssh_host_keys: access::ssh_host_keys(&merged, &p.ssh)?,
             merged,
         })
     }

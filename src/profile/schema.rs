@@ -38,6 +38,9 @@ pub struct ProfileFile {
     /// systemd units enabled, disabled or masked at build time.
     #[serde(default)]
     pub services: ServicesSection,
+    /// The SSH server's host keys.
+    #[serde(default)]
+    pub ssh: SshSection,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -189,6 +192,41 @@ pub struct ServicesSection {
     /// Units masked (linked to /dev/null) as `systemctl mask` would.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mask: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SshSection {
+    /// Host key types generated on first boot: "ed25519", "ecdsa", "rsa" (default: all
+    /// three, as `ssh-keygen -A` makes them). A set, like the lists of [services].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_keys: Vec<String>,
+}
+
+/// An SSH host key type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyType {
+    Ed25519,
+    Ecdsa,
+    Rsa,
+}
+
+impl HostKeyType {
+    /// What `ssh-keygen -A` makes.
+    pub const ALL: [HostKeyType; 3] = [HostKeyType::Rsa, HostKeyType::Ecdsa, HostKeyType::Ed25519];
+
+    /// The name in profiles, in `ssh-keygen -t` and in `/etc/ssh/ssh_host_NAME_key`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HostKeyType::Ed25519 => "ed25519",
+            HostKeyType::Ecdsa => "ecdsa",
+            HostKeyType::Rsa => "rsa",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<HostKeyType> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
 }
 
 /// A target architecture, named the Debian way.

@@ -220,3 +220,48 @@ fn bad_users_and_services_name_file_and_line() {
         assert!(msg.starts_with(want), "want {want}\ngot  {msg}");
     }
 }
+
+#[test]
+fn ssh_host_keys_default_to_all_three_and_are_a_set_across_extends() {
+    use schema::HostKeyType::{Ecdsa, Ed25519, Rsa};
+    let (_d, p) = project(&[
+        ("profiles/base.toml", BASE),
+        (
+            "profiles/server.toml",
+            "extends = [\"base\"]\n[ssh]\nhost-keys = [\"ed25519\", \"ecdsa\", \"rsa\"]\n",
+        ),
+        (
+            "profiles/modern.toml",
+            "extends = [\"server\"]\n[ssh]\nhost-keys = [\"ed25519\", \"-rsa\"]\n",
+        ),
+    ]);
+    assert_eq!(
+        Recipe::load(&p, "base").unwrap().ssh_host_keys,
+        [Rsa, Ecdsa, Ed25519]
+    );
+    assert_eq!(
+        Recipe::load(&p, "modern").unwrap().ssh_host_keys,
+        [Ed25519, Ecdsa]
+    );
+}
+
+#[test]
+fn bad_ssh_host_keys_name_file_and_line() {
+    for (ssh, want, hint) in [
+        (
+            "[ssh]\nhost-keys = [\"ed25519\", \"dsa\"]\n",
+            "profiles/x.toml:10: [ssh] host-keys: \"dsa\" is not an SSH host key type",
+            "ecdsa",
+        ),
+        (
+            "[ssh]\nhost-keys = []\n",
+            "profiles/x.toml:10: [ssh] host-keys names no key type",
+            "at least one",
+        ),
+    ] {
+        let (_d, p) = project(&[("profiles/x.toml", &format!("{BASE}\n{ssh}"))]);
+        let (msg, hints) = err(&p, "x");
+        assert_eq!(msg, want);
+        assert!(hints[0].contains(hint), "{hints:?}");
+    }
+}

@@ -3,6 +3,7 @@
 use anyhow::Result;
 
 use super::{Entry, Kind, Tree};
+use crate::profile::schema::HostKeyType;
 
 /// Identity of the image, written into the tree.
 pub struct Generated<'a> {
@@ -11,6 +12,8 @@ pub struct Generated<'a> {
     pub hostname: &'a str,
     pub root_partuuid: &'a str,
     pub esp_partuuid: &'a str,
+    /// SSH host key types generated on first boot.
+    pub ssh_host_keys: &'a [HostKeyType],
 }
 
 /// Writes /etc/hostname, IMAGE_ID/IMAGE_VERSION into os-release, /etc/fstab, first-boot
@@ -44,7 +47,8 @@ pub fn generate(tree: &mut Tree, g: &Generated<'_>, epoch: i64) -> Result<()> {
         g.root_partuuid, g.esp_partuuid
     );
     tree.insert("etc/fstab", Entry::file(fstab.into_bytes(), 0o644, epoch));
-    ssh_host_keys_on_first_boot(tree, epoch);
+    ssh_host_keys_on_first_boot(tree, epoch, g.ssh_host_keys);
+    sshd_starts_once(tree, epoch)?;
     mark_updated(tree, epoch);
     // On a disk larger than the image, systemd-repart grows the root partition (the last
     // one) and x-systemd.growfs in fstab grows the filesystem, on first boot.
@@ -108,8 +112,10 @@ const KEYGEN_DROP_IN: &str = "etc/systemd/system/sshd-keygen.service.d/10-imageb
 const KEYGEN_EARLY: &str = "DefaultDependencies=no\nAfter=systemd-remount-fs.service\nConflicts=shutdown.target\nBefore=shutdown.target\n";
 
 /// SSH host keys are made at package install; every server flashed from the image would
-/// share them. Remove them and generate fresh ones early on first boot, before sshd starts.
-fn ssh_host_keys_on_first_boot(tree: &mut Tree, epoch: i64) {
+/// share them. Remove them and generate fresh ones early on first boot, before sshd starts:
+/// the `types` the profile names (`ssh-keygen -A` when that is all three), and sshd told to
+/// load just those.
+fn ssh_host_keys_on_first_boot(tree: &mut Tree, epoch: i64, types: &[HostKeyType]) {
     let keys: Vec<String> = tree
         .paths_under("etc/ssh")
         .into_iter()
@@ -121,13 +127,48 @@ fn ssh_host_keys_on_first_boot(tree: &mut Tree, epoch: i64) {
     if tree.get("usr/sbin/sshd").is_none() {
         return;
     }
+    let all = HostKeyType::ALL.iter().all(|t| types.contains(t));
+    let exec = if all {
+        "ExecStart=/usr/bin/ssh-keygen -A\n".to_string()
+    } else {
+        let config: String = types
+            .iter()
+            .map(|t| format!("HostKey /etc/ssh/ssh_host_{}_key\n", t.name()))
+            .collect();
+        tree.insert(
+            HOST_KEYS_CONFIG,
+            Entry::file(
+                format!("# Written by imagebuild: the host keys of this image ([ssh] host-keys).\n{config}")
+                    .into_bytes(),
+                0o644,
+                epoch,
+            ),
+        );
+        // A key left by an interrupted first boot is kept (ssh-keygen would ask before
+        // overwriting it, and fail on no answer).
+        types
+            .iter()
+            .map(|t| {
+                let key = format!("/etc/ssh/ssh_host_{}_key", t.name());
+                format!(
+                    "ExecStart=/bin/sh -c 'test -e {key} || exec /usr/bin/ssh-keygen -q -t {} -N \"\" -f {key}'\n",
+                    t.name()
+                )
+            })
+            .collect()
+    };
     // Debian 13's openssh-server has its own first-boot unit; older ones need ours.
     if tree
         .get("usr/lib/systemd/system/sshd-keygen.service")
         .is_some()
     {
+        let service = if all {
+            String::new()
+        } else {
+            format!("\n[Service]\nExecStart=\n{exec}")
+        };
         let drop_in = format!(
-            "# Written by imagebuild: make the host keys early in the boot.\n[Unit]\n{KEYGEN_EARLY}"
+            "# Written by imagebuild: make the host keys early in the boot.\n[Unit]\n{KEYGEN_EARLY}{service}"
         );
         tree.insert(
             KEYGEN_DROP_IN,
@@ -135,8 +176,13 @@ fn ssh_host_keys_on_first_boot(tree: &mut Tree, epoch: i64) {
         );
         return;
     }
+    let first = types
+        .first()
+        .copied()
+        .unwrap_or(HostKeyType::Ed25519)
+        .name();
     let unit = format!(
-        "[Unit]\nDescription=Generate SSH host keys on first boot\n{KEYGEN_EARLY}Before=ssh.service\nConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\n\n[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\n\n[Install]\nWantedBy=ssh.service\n"
+        "[Unit]\nDescription=Generate SSH host keys on first boot\n{KEYGEN_EARLY}Before=ssh.service\nConditionPathExists=!/etc/ssh/ssh_host_{first}_key\n\n[Service]\nType=oneshot\n{exec}\n[Install]\nWantedBy=ssh.service\n"
     );
     tree.insert(
         &format!("usr/lib/systemd/system/{KEYGEN_UNIT}"),
@@ -147,6 +193,37 @@ fn ssh_host_keys_on_first_boot(tree: &mut Tree, epoch: i64) {
         &format!("etc/systemd/system/ssh.service.wants/{KEYGEN_UNIT}"),
         Entry::symlink(&link, epoch),
     );
+}
+
+/// sshd's host key list when the profile names the types.
+const HOST_KEYS_CONFIG: &str = "etc/ssh/sshd_config.d/10-imagebuild-host-keys.conf";
+
+/// Where Debian's ssh.service loses its separate configuration test.
+const SSHD_START_DROP_IN: &str = "etc/systemd/system/ssh.service.d/10-imagebuild-start.conf";
+
+/// Debian's ssh.service runs `sshd -t` and then `sshd -D`, and both load the configuration
+/// and every host key: under TCG the start took about 1 s, on the path to
+/// multi-user.target. `sshd -D` refuses a bad configuration itself, with exit status 255,
+/// which the unit's RestartPreventExitStatus= does not retry; so the first run is dropped
+/// from start (reload still tests first). Only when the unit's one ExecStartPre= is that test.
+fn sshd_starts_once(tree: &mut Tree, epoch: i64) -> Result<()> {
+    let Some(unit) = tree.read("usr/lib/systemd/system/ssh.service")? else {
+        return Ok(());
+    };
+    let unit = String::from_utf8_lossy(&unit);
+    let pre: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ExecStartPre="))
+        .collect();
+    if pre != ["/usr/sbin/sshd -t"] {
+        return Ok(());
+    }
+    let drop_in = "# Written by imagebuild: sshd -D checks its configuration itself (exit status 255,\n# not retried); the separate `sshd -t` before it only doubled the start.\n[Service]\nExecStartPre=\n";
+    tree.insert(
+        SSHD_START_DROP_IN,
+        Entry::file(drop_in.as_bytes().to_vec(), 0o644, epoch),
+    );
+    Ok(())
 }
 
 /// An installed package, from the image's dpkg status.

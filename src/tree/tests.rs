@@ -164,6 +164,7 @@ fn identity() -> Generated<'static> {
         hostname: "web1",
         root_partuuid: "r-uuid",
         esp_partuuid: "e-uuid",
+        ssh_host_keys: &crate::profile::schema::HostKeyType::ALL,
     }
 }
 
@@ -231,6 +232,100 @@ fn debian_first_boot_key_generation_is_moved_early() {
             .is_none(),
         "no second key unit"
     );
+}
+
+#[test]
+fn chosen_host_key_types_are_generated_and_loaded_and_no_others() {
+    use crate::profile::schema::HostKeyType;
+    let (_d, mut t) = base_tree();
+    t.insert(
+        "usr/lib/systemd/system/sshd-keygen.service",
+        Entry::file(b"[Unit]\nConditionFirstBoot=yes\n".to_vec(), 0o644, 0),
+    );
+    let mut g = identity();
+    let types = [HostKeyType::Ed25519, HostKeyType::Ecdsa];
+    g.ssh_host_keys = &types;
+    generate(&mut t, &g, 7).unwrap();
+    let read = |p: &str| String::from_utf8(t.read(p).unwrap().expect(p)).unwrap();
+    let drop_in = read("etc/systemd/system/sshd-keygen.service.d/10-imagebuild-early.conf");
+    // Debian's `ssh-keygen -A` is replaced by one command per type, in the profile's order.
+    let exec: Vec<&str> = drop_in
+        .lines()
+        .filter(|l| l.starts_with("ExecStart="))
+        .collect();
+    assert_eq!(exec.len(), 3, "{drop_in}");
+    assert_eq!(exec[0], "ExecStart=");
+    assert!(
+        exec[1].contains("-t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key'"),
+        "{drop_in}"
+    );
+    assert!(
+        exec[2].contains("-t ecdsa -N \"\" -f /etc/ssh/ssh_host_ecdsa_key'"),
+        "{drop_in}"
+    );
+    assert!(!drop_in.contains("rsa"), "{drop_in}");
+    let config = read("etc/ssh/sshd_config.d/10-imagebuild-host-keys.conf");
+    let keys: Vec<&str> = config
+        .lines()
+        .filter(|l| l.starts_with("HostKey"))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "HostKey /etc/ssh/ssh_host_ed25519_key",
+            "HostKey /etc/ssh/ssh_host_ecdsa_key"
+        ]
+    );
+
+    // All three (the default) leaves Debian's command and sshd's own list alone.
+    let (_d, mut t) = base_tree();
+    t.insert(
+        "usr/lib/systemd/system/sshd-keygen.service",
+        Entry::file(b"[Unit]\nConditionFirstBoot=yes\n".to_vec(), 0o644, 0),
+    );
+    generate(&mut t, &identity(), 7).unwrap();
+    let drop_in = String::from_utf8(
+        t.read("etc/systemd/system/sshd-keygen.service.d/10-imagebuild-early.conf")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(!drop_in.contains("ExecStart"), "{drop_in}");
+    assert!(
+        t.get("etc/ssh/sshd_config.d/10-imagebuild-host-keys.conf")
+            .is_none()
+    );
+}
+
+#[test]
+fn sshd_start_skips_the_separate_config_test_only_in_debians_unit() {
+    let unit = |pre: &str| {
+        format!(
+            "[Service]\n{pre}ExecStart=/usr/sbin/sshd -D $SSHD_OPTS\nExecReload=/usr/sbin/sshd -t\n"
+        )
+    };
+    let drop_in = "etc/systemd/system/ssh.service.d/10-imagebuild-start.conf";
+    for (pre, expected) in [
+        ("ExecStartPre=/usr/sbin/sshd -t\n", true),
+        ("", false),
+        (
+            "ExecStartPre=/usr/sbin/sshd -t\nExecStartPre=/usr/local/bin/x\n",
+            false,
+        ),
+    ] {
+        let (_d, mut t) = base_tree();
+        t.insert(
+            "usr/lib/systemd/system/ssh.service",
+            Entry::file(unit(pre).into_bytes(), 0o644, 0),
+        );
+        generate(&mut t, &identity(), 7).unwrap();
+        let got = t.read(drop_in).unwrap();
+        assert_eq!(got.is_some(), expected, "{pre:?}");
+        if let Some(d) = got {
+            let d = String::from_utf8(d).unwrap();
+            assert!(d.ends_with("[Service]\nExecStartPre=\n"), "{d}");
+        }
+    }
 }
 
 #[test]

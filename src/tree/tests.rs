@@ -209,19 +209,32 @@ fn generate_writes_identity_and_drops_host_and_secret_files() {
     );
 }
 
-#[test]
-fn debian_first_boot_key_generation_is_moved_early() {
-    let (_d, mut t) = base_tree();
+/// A tree with Debian 13's first-boot key unit, through generate with host key `types`.
+fn generated_with_sshd_keygen(
+    types: &[crate::profile::schema::HostKeyType],
+) -> (tempfile::TempDir, Tree) {
+    let (d, mut t) = base_tree();
     t.insert(
         "usr/lib/systemd/system/sshd-keygen.service",
         Entry::file(b"[Unit]\nConditionFirstBoot=yes\n".to_vec(), 0o644, 0),
     );
-    generate(&mut t, &identity(), 7).unwrap();
-    let drop_in = t
-        .read("etc/systemd/system/sshd-keygen.service.d/10-imagebuild-early.conf")
-        .unwrap()
-        .expect("a drop-in for Debian's unit");
-    let drop_in = String::from_utf8(drop_in).unwrap();
+    let mut g = identity();
+    g.ssh_host_keys = types;
+    generate(&mut t, &g, 7).unwrap();
+    (d, t)
+}
+
+/// The text of `path` in `t`, which must exist.
+fn text(t: &Tree, path: &str) -> String {
+    String::from_utf8(t.read(path).unwrap().expect(path)).unwrap()
+}
+
+const KEYGEN_DROP_IN: &str = "etc/systemd/system/sshd-keygen.service.d/10-imagebuild-early.conf";
+
+#[test]
+fn debian_first_boot_key_generation_is_moved_early() {
+    let (_d, t) = generated_with_sshd_keygen(&crate::profile::schema::HostKeyType::ALL);
+    let drop_in = text(&t, KEYGEN_DROP_IN);
     assert!(
         drop_in.contains("[Unit]\nDefaultDependencies=no\nAfter=systemd-remount-fs.service\n"),
         "{drop_in}"
@@ -237,17 +250,8 @@ fn debian_first_boot_key_generation_is_moved_early() {
 #[test]
 fn chosen_host_key_types_are_generated_and_loaded_and_no_others() {
     use crate::profile::schema::HostKeyType;
-    let (_d, mut t) = base_tree();
-    t.insert(
-        "usr/lib/systemd/system/sshd-keygen.service",
-        Entry::file(b"[Unit]\nConditionFirstBoot=yes\n".to_vec(), 0o644, 0),
-    );
-    let mut g = identity();
-    let types = [HostKeyType::Ed25519, HostKeyType::Ecdsa];
-    g.ssh_host_keys = &types;
-    generate(&mut t, &g, 7).unwrap();
-    let read = |p: &str| String::from_utf8(t.read(p).unwrap().expect(p)).unwrap();
-    let drop_in = read("etc/systemd/system/sshd-keygen.service.d/10-imagebuild-early.conf");
+    let (_d, t) = generated_with_sshd_keygen(&[HostKeyType::Ed25519, HostKeyType::Ecdsa]);
+    let drop_in = text(&t, KEYGEN_DROP_IN);
     // Debian's `ssh-keygen -A` is replaced by one command per type, in the profile's order.
     let exec: Vec<&str> = drop_in
         .lines()
@@ -264,7 +268,7 @@ fn chosen_host_key_types_are_generated_and_loaded_and_no_others() {
         "{drop_in}"
     );
     assert!(!drop_in.contains("rsa"), "{drop_in}");
-    let config = read("etc/ssh/sshd_config.d/10-imagebuild-host-keys.conf");
+    let config = text(&t, "etc/ssh/sshd_config.d/10-imagebuild-host-keys.conf");
     let keys: Vec<&str> = config
         .lines()
         .filter(|l| l.starts_with("HostKey"))
@@ -278,18 +282,8 @@ fn chosen_host_key_types_are_generated_and_loaded_and_no_others() {
     );
 
     // All three (the default) leaves Debian's command and sshd's own list alone.
-    let (_d, mut t) = base_tree();
-    t.insert(
-        "usr/lib/systemd/system/sshd-keygen.service",
-        Entry::file(b"[Unit]\nConditionFirstBoot=yes\n".to_vec(), 0o644, 0),
-    );
-    generate(&mut t, &identity(), 7).unwrap();
-    let drop_in = String::from_utf8(
-        t.read("etc/systemd/system/sshd-keygen.service.d/10-imagebuild-early.conf")
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let (_d, t) = generated_with_sshd_keygen(&HostKeyType::ALL);
+    let drop_in = text(&t, KEYGEN_DROP_IN);
     assert!(!drop_in.contains("ExecStart"), "{drop_in}");
     assert!(
         t.get("etc/ssh/sshd_config.d/10-imagebuild-host-keys.conf")

@@ -494,6 +494,7 @@ mod tests {
             ),
             ("-device", "nvme,drive=disk0,serial=imagebuild"),
             ("-device", "virtio-rng-pci"),
+            ("-boot", "menu=on,splash-time=0"),
         ] {
             assert!(has_pair(&args, flag, value), "{flag} {value} in {args:?}");
         }
@@ -506,6 +507,8 @@ mod tests {
         let tcg = machine.args(&launch(Some(Path::new("/out/prod.raw")), Accelerator::Tcg));
         assert!(has_pair(&tcg, "-machine", "virt,gic-version=3"));
         assert!(has_pair(&tcg, "-accel", "tcg") && has_pair(&tcg, "-cpu", "max,pauth-impdef=on"));
+        // AAVMF waits out its own boot-menu timeout unless QEMU says 0.
+        assert!(has_pair(&tcg, "-boot", "menu=on,splash-time=0"));
         assert!(has_pair(
             &tcg,
             "-drive",

@@ -418,8 +418,12 @@ fn cmd_run(cli: &Cli, project: &Project, target: &str, boot: &BootArgs) -> Resul
     if let Some(m) = req.memory_mib {
         opts.memory_mib = m;
     }
+    let release = crate::verify::image::debian_release(&image)?;
     opts.firmware = Some(crate::verify::image::firmware_for(
-        &host, &machine, &image, &req,
+        &host,
+        &machine,
+        release.as_deref(),
+        &req,
     )?);
     let runner = |cmd: &mut std::process::Command| host.spawn(cmd);
     let status = crate::verify::run_interactive(&image, &machine, &opts, &runner)?;

@@ -176,13 +176,10 @@ fn ssh_host_keys_on_first_boot(tree: &mut Tree, epoch: i64, types: &[HostKeyType
         );
         return;
     }
-    let first = types
-        .first()
-        .copied()
-        .unwrap_or(HostKeyType::Ed25519)
-        .name();
+    // The key made last (ssh-keygen -A makes ed25519 last): when it exists, all do.
+    let last = types.last().copied().unwrap_or(HostKeyType::Ed25519).name();
     let unit = format!(
-        "[Unit]\nDescription=Generate SSH host keys on first boot\n{KEYGEN_EARLY}Before=ssh.service\nConditionPathExists=!/etc/ssh/ssh_host_{first}_key\n\n[Service]\nType=oneshot\n{exec}\n[Install]\nWantedBy=ssh.service\n"
+        "[Unit]\nDescription=Generate SSH host keys on first boot\n{KEYGEN_EARLY}Before=ssh.service\nConditionPathExists=!/etc/ssh/ssh_host_{last}_key\n\n[Service]\nType=oneshot\n{exec}\n[Install]\nWantedBy=ssh.service\n"
     );
     tree.insert(
         &format!("usr/lib/systemd/system/{KEYGEN_UNIT}"),

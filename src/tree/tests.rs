@@ -201,6 +201,11 @@ fn generate_writes_identity_and_drops_host_and_secret_files() {
         unit.contains("DefaultDependencies=no\nAfter=systemd-remount-fs.service\n"),
         "keys are made early: {unit}"
     );
+    // Runs until the key ssh-keygen -A makes last exists.
+    assert!(
+        unit.contains("ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\n"),
+        "{unit}"
+    );
     let fstab = String::from_utf8(t.read("etc/fstab").unwrap().unwrap()).unwrap();
     assert!(fstab.contains("PARTUUID=r-uuid / ext4"));
     assert!(

@@ -100,19 +100,22 @@ fn parse_os_release(text: &str) -> OsRelease {
     }
 }
 
-/// The firmware to boot `image` on: the machine's release firmware for the image's Debian
-/// release if the machine names one and `req` has a cache, else the host's files. A release
-/// firmware that cannot be had falls back to the host's files with a warning.
+/// The Debian release (`trixie`) the image's os-release names, if it is Debian.
+pub fn debian_release(image: &Path) -> Result<Option<String>> {
+    Ok(os_release(image)?.debian_release)
+}
+
+/// The firmware to boot an image of Debian `release` (None: not Debian) on: the machine's
+/// release firmware if the machine names one and `req` has a cache, else the host's files.
+/// A release firmware that cannot be had falls back to the host's files with a warning.
 pub fn firmware_for(
     host: &Host,
     machine: &Machine,
-    image: &Path,
+    release: Option<&str>,
     req: &Request,
 ) -> Result<Firmware> {
-    let (Some(spec), Some(cache)) = (&machine.release_firmware, &req.cache) else {
-        return machine.firmware();
-    };
-    let Some(release) = os_release(image)?.debian_release else {
+    let (Some(spec), Some(cache), Some(release)) = (&machine.release_firmware, &req.cache, release)
+    else {
         return machine.firmware();
     };
     let fetched = (|| {
@@ -124,7 +127,7 @@ pub fn firmware_for(
         let origin = Origin {
             cache: &cache,
             mirror: &mirror,
-            release: &release,
+            release,
             arch: machine.arch,
         };
         release_firmware(host, spec, &origin)
@@ -177,8 +180,13 @@ pub fn verify_image(
         opts.memory_mib = m;
     }
     let osr = os_release(image)?;
+    opts.firmware = Some(firmware_for(
+        host,
+        &machine,
+        osr.debian_release.as_deref(),
+        req,
+    )?);
     let expected = (osr.image_id, osr.image_version);
-    opts.firmware = Some(firmware_for(host, &machine, image, req)?);
     let runner = |cmd: &mut std::process::Command| host.spawn(cmd);
     let outcome = super::verify(image, &machine, &opts, &runner)?;
     let outcome = match outcome {

@@ -96,16 +96,32 @@ pub fn release_firmware(host: &Host, spec: &ReleaseFirmware, origin: &Origin) ->
         &[(spec.code.as_str(), &code), (spec.vars.as_str(), &vars)],
     )
     .with_context(|| format!("unpacking {}", deb.display()))?;
-    for (key, file) in [(&keys.code, &code), (&keys.vars, &vars)] {
+    let keep = |key: &str, file: &Path| {
         origin.cache.put(KIND, key, |tmp| {
             std::fs::rename(file, tmp).with_context(|| format!("moving {}", file.display()))
-        })?;
-    }
+        })
+    };
+    let code = keep(&keys.code, &code)?;
+    let vars = keep(&keys.vars, &vars)?;
     // Written last: its presence says the two files are complete.
     origin.cache.put(KIND, &keys.version, |tmp| {
         std::fs::write(tmp, format!("{version}\n")).context("writing the firmware version")
     })?;
-    cached(host, spec, origin, &keys)?.context("the firmware just fetched is not in the cache")
+    Ok(firmware(spec, origin, code.path, vars.path, &version))
+}
+
+fn firmware(
+    spec: &ReleaseFirmware,
+    origin: &Origin,
+    code: PathBuf,
+    vars: PathBuf,
+    version: &str,
+) -> Firmware {
+    Firmware {
+        code,
+        vars_template: vars,
+        origin: format!("{} {} of {}", spec.package, version.trim(), origin.release),
+    }
 }
 
 /// The cache keys of one release's firmware files.
@@ -146,11 +162,7 @@ fn cached(
     };
     let version = std::fs::read_to_string(&version.path)
         .with_context(|| format!("reading {}", version.path.display()))?;
-    Ok(Some(Firmware {
-        code: code.path,
-        vars_template: vars.path,
-        origin: format!("{} {} of {}", spec.package, version.trim(), origin.release),
-    }))
+    Ok(Some(firmware(spec, origin, code.path, vars.path, &version)))
 }
 
 fn ensure_dir(dir: &Path) -> Result<&Path> {

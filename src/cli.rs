@@ -90,11 +90,23 @@ pub enum Command {
         keep_log: bool,
     },
     /// Boot a profile's latest image (or an image file) with the console attached.
+    ///
+    /// The image is not changed (a snapshot) unless --writable is given.
     Run {
         /// Profile name, or the path of a raw image.
         target: String,
         #[command(flatten)]
         boot: BootArgs,
+        /// Let the guest write to the image file (a disk that keeps its state).
+        #[arg(long)]
+        writable: bool,
+        /// Attach FILE as one more disk, writable (repeatable); the guest sees the
+        /// serial imagebuild-disk1, imagebuild-disk2, ...
+        #[arg(long = "disk", value_name = "FILE")]
+        disks: Vec<PathBuf>,
+        /// Forward 127.0.0.1:PORT to the guest's ssh port (QEMU user networking).
+        #[arg(long, value_name = "PORT")]
+        ssh_port: Option<u16>,
     },
     /// Show what an image holds: partitions, ESP, UKIs, kernel, packages, files.
     ///
@@ -240,7 +252,20 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             boot,
             keep_log,
         } => cmd_verify(cli, &project, image, boot, *keep_log),
-        Command::Run { target, boot } => cmd_run(cli, &project, target, boot),
+        Command::Run {
+            target,
+            boot,
+            writable,
+            disks,
+            ssh_port,
+        } => {
+            let attach = Attach {
+                writable: *writable,
+                disks: disks.clone(),
+                ssh_port: *ssh_port,
+            };
+            cmd_run(cli, &project, target, boot, attach)
+        }
         Command::Inspect { image, json, files } => {
             let report = crate::inspect::report::inspect(image, *json || *files)?;
             if *json {
@@ -386,7 +411,20 @@ fn cmd_verify(
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_run(cli: &Cli, project: &Project, target: &str, boot: &BootArgs) -> Result<ExitCode> {
+/// What `run` attaches besides the image.
+struct Attach {
+    writable: bool,
+    disks: Vec<PathBuf>,
+    ssh_port: Option<u16>,
+}
+
+fn cmd_run(
+    cli: &Cli,
+    project: &Project,
+    target: &str,
+    boot: &BootArgs,
+    attach: Attach,
+) -> Result<ExitCode> {
     let host = Host::new(cli.verbose);
     let image = if std::path::Path::new(target).is_file() {
         PathBuf::from(target)
@@ -418,6 +456,9 @@ fn cmd_run(cli: &Cli, project: &Project, target: &str, boot: &BootArgs) -> Resul
     if let Some(m) = req.memory_mib {
         opts.memory_mib = m;
     }
+    opts.writable = attach.writable;
+    opts.disks = attach.disks;
+    opts.ssh_port = attach.ssh_port;
     let release = crate::verify::image::debian_release(&image)?;
     opts.firmware = Some(crate::verify::image::firmware_for(
         &host,

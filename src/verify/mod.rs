@@ -51,6 +51,12 @@ pub struct VerifyOptions {
     pub stall_silence: Duration,
     /// The firmware to boot; None takes the machine's host files ([`Machine::firmware`]).
     pub firmware: Option<qemu::Firmware>,
+    /// Attach the image writable (`run --writable`); verify keeps it untouched.
+    pub writable: bool,
+    /// More disks, writable, after the image (see [`qemu::Launch::disks`]).
+    pub disks: Vec<PathBuf>,
+    /// Forward this port on 127.0.0.1 to the guest's ssh (user networking).
+    pub ssh_port: Option<u16>,
 }
 
 impl VerifyOptions {
@@ -64,6 +70,9 @@ impl VerifyOptions {
             interactive: false,
             stall_silence: console::STALL_SILENCE,
             firmware: None,
+            writable: false,
+            disks: Vec::new(),
+            ssh_port: None,
         }
     }
 }
@@ -342,6 +351,9 @@ fn prepare(
         accel,
         memory_mib: opts.memory_mib,
         console,
+        writable: opts.writable,
+        disks: &opts.disks,
+        ssh_port: opts.ssh_port,
     };
     Ok((machine.command(&launch), accel, firmware, vars))
 }

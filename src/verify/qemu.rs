@@ -189,8 +189,6 @@ impl Machine {
             "-display",
             "none",
             "-no-reboot",
-            "-nic",
-            "none",
             "-serial",
             serial,
         ]
@@ -207,23 +205,40 @@ impl Machine {
             "if=pflash,unit=1,format=raw",
             launch.firmware_vars,
         ));
+        args.push("-nic".into());
+        args.push(match launch.ssh_port {
+            None => "none".into(),
+            Some(port) => {
+                format!("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:22").into()
+            }
+        });
         if let Some(image) = launch.image {
-            args.extend(self.disk_args(image));
+            args.extend(self.disk_args(0, image, !launch.writable));
+        }
+        for (i, disk) in launch.disks.iter().enumerate() {
+            args.extend(self.disk_args(i + 1, disk, false));
         }
         args.extend(self.extra_args.iter().map(OsString::from));
         args
     }
 
-    /// The image, read-only for good: `snapshot=on` sends the guest's writes to a temporary
-    /// overlay, so the image's bytes never change.
-    fn disk_args(&self, image: &Path) -> Vec<OsString> {
-        let device = match self.disk_interface {
-            DiskInterface::Nvme => "nvme,drive=disk0,serial=imagebuild",
-            DiskInterface::VirtioBlk => "virtio-blk-pci,drive=disk0",
+    /// Disk `index` (0: the image, serial `imagebuild`; then `imagebuild-diskN`). With
+    /// `snapshot`, the guest's writes go to a temporary overlay and the file never changes.
+    fn disk_args(&self, index: usize, file: &Path, snapshot: bool) -> Vec<OsString> {
+        let id = format!("disk{index}");
+        let serial = if index == 0 {
+            "imagebuild".to_string()
+        } else {
+            format!("imagebuild-{id}")
         };
+        let device = match self.disk_interface {
+            DiskInterface::Nvme => format!("nvme,drive={id},serial={serial}"),
+            DiskInterface::VirtioBlk => format!("virtio-blk-pci,drive={id},serial={serial}"),
+        };
+        let snapshot = if snapshot { ",snapshot=on" } else { "" };
         vec![
             "-drive".into(),
-            qemu_file_option("if=none,id=disk0,format=raw,snapshot=on", image),
+            qemu_file_option(&format!("if=none,id={id},format=raw{snapshot}"), file),
             "-device".into(),
             device.into(),
         ]
@@ -331,6 +346,15 @@ pub struct Launch<'a> {
     pub accel: Accelerator,
     pub memory_mib: u32,
     pub console: ConsoleMode,
+    /// Attach `image` writable: the guest's writes reach the file (`imagebuild run
+    /// --writable`). Off, `snapshot=on` keeps the file as it is.
+    pub writable: bool,
+    /// More disks, attached writable after the image, each with the serial
+    /// `imagebuild-disk1`, `imagebuild-disk2`, ... (a flash target inside a rescue VM).
+    pub disks: &'a [PathBuf],
+    /// User networking with the guest's port 22 forwarded from this port on 127.0.0.1.
+    /// None: no network at all.
+    pub ssh_port: Option<u16>,
 }
 
 /// Whether KVM can run `machine` here: the host has the same architecture, /dev/kvm opens,
@@ -372,6 +396,9 @@ fn probe_kvm_boot(
         accel: Accelerator::Kvm,
         memory_mib: PROBE_MEMORY_MIB,
         console: ConsoleMode::Captured,
+        writable: false,
+        disks: &[],
+        ssh_port: None,
     };
     let mut command = machine.command(&launch);
     command
@@ -418,6 +445,9 @@ mod tests {
             accel,
             memory_mib: 2048,
             console: ConsoleMode::Captured,
+            writable: false,
+            disks: &[],
+            ssh_port: None,
         }
     }
 
@@ -529,8 +559,44 @@ mod tests {
         let mut terminal = launch(Some(Path::new("/img")), Accelerator::Tcg);
         terminal.console = ConsoleMode::Terminal;
         let args = machine.args(&terminal);
-        assert!(has_pair(&args, "-device", "virtio-blk-pci,drive=disk0"));
+        assert!(has_pair(
+            &args,
+            "-device",
+            "virtio-blk-pci,drive=disk0,serial=imagebuild"
+        ));
         assert!(has_pair(&args, "-serial", "mon:stdio"));
+    }
+
+    #[test]
+    fn writable_image_more_disks_and_ssh() {
+        let machine = Machine::builtin(Arch::Amd64);
+        let disks = [PathBuf::from("/tmp/target.raw")];
+        let mut l = launch(Some(Path::new("/img")), Accelerator::Tcg);
+        l.writable = true;
+        l.disks = &disks;
+        l.ssh_port = Some(2222);
+        let args = machine.args(&l);
+        assert!(has_pair(
+            &args,
+            "-drive",
+            "if=none,id=disk0,format=raw,file=/img"
+        ));
+        assert!(has_pair(
+            &args,
+            "-drive",
+            "if=none,id=disk1,format=raw,file=/tmp/target.raw"
+        ));
+        assert!(has_pair(
+            &args,
+            "-device",
+            "nvme,drive=disk1,serial=imagebuild-disk1"
+        ));
+        assert!(has_pair(
+            &args,
+            "-nic",
+            "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22"
+        ));
+        assert!(!has_pair(&args, "-nic", "none"));
     }
 
     #[test]

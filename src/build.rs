@@ -20,11 +20,12 @@ use crate::lock::{self, Lock};
 use crate::output::{self, Staging};
 use crate::profile::{BaseSpec, DiskSize, Project, Recipe};
 use crate::progress::{Reporter, Timings};
-use crate::releases::{self, Release};
+use crate::release::{self, Release, Verification, record::Decision};
 use crate::size::{Bytes, MIB};
 use crate::stack;
 use crate::tree::{self, Package, Tree};
 use crate::verify::health;
+use crate::verify::image::Tested;
 
 /// Where a build reads and writes.
 pub struct BuildOptions {
@@ -36,11 +37,15 @@ pub struct BuildOptions {
     pub expect_sha256: Option<String>,
     /// Resolve every package against the mirror again and rewrite the profile's lock.
     pub relock: bool,
+    /// Publish over a version that already names other bytes (the old record is kept in
+    /// the release history).
+    pub replace: bool,
 }
 
 /// What a build produced.
 #[derive(Debug, Serialize)]
 pub struct Built {
+    pub profile: String,
     pub dir: PathBuf,
     pub image: PathBuf,
     pub sha256: String,
@@ -65,6 +70,11 @@ pub struct Built {
     pub lock_digest: Option<String>,
     /// The lock file written by --relock.
     pub lock_written: Option<PathBuf>,
+    /// The release record after this build.
+    pub release: Option<Release>,
+    /// What publishing did: `new`, `same` (the version already held these bytes) or
+    /// `replaced`.
+    pub published: &'static str,
 }
 
 /// Builds profile `name` of `project`.
@@ -92,255 +102,434 @@ pub fn build(
         recipe.profile,
         recipe.id
     ));
-    let result = run(host, project, &recipe, opts, lock.as_ref(), &staging, rep);
+    let ctx = Ctx {
+        host,
+        project,
+        recipe: &recipe,
+        opts,
+        staging: &staging,
+        rep,
+    };
+    let result = ctx.run(lock.as_ref());
     host.close_log();
-    match result {
-        Ok((mut built, relocked)) => {
-            built.dir = staging.publish()?;
-            if let Some(l) = relocked {
-                built.lock_written = Some(lock::write(project, &l)?);
-            }
-            built.image = built
-                .dir
-                .join(built.image.file_name().context("image has no name")?);
-            let release = Release {
-                version: recipe.version.clone(),
-                image_sha256: built.sha256.clone(),
-                recipe_id: recipe.id.clone(),
-                lock_digest: built.lock_digest.clone(),
-                verified: opts.verify.is_some(),
-            };
-            releases::record(&opts.out_root, &recipe.profile, release).with_context(|| {
-                format!(
-                    "recording {} {} in {}",
-                    recipe.profile,
-                    recipe.version,
-                    releases::path(&opts.out_root, &recipe.profile).display()
-                )
-            })?;
-            Ok(built)
-        }
-        Err(e) => {
-            let log = staging.keep_failed_log();
-            Err(match log {
-                Some(l) => e.context(format!(
-                    "building {} failed; log: {}",
-                    recipe.profile,
-                    l.display()
-                )),
-                None => e,
-            })
-        }
+    let (built, relocked, verification) = match result {
+        Ok(r) => r,
+        Err(e) => return Err(failed(&staging, &recipe, e)),
+    };
+    let locked = release::record::lock(&opts.out_root, &recipe.profile)?;
+    let at = recipe.merged.locate("version");
+    let decision = match locked.decide(&recipe.version, &built.sha256, opts.replace, &at) {
+        Ok(d) => d,
+        Err(e) => return Err(failed(&staging, &recipe, e)),
+    };
+    let mut built = publish(
+        &recipe,
+        opts,
+        staging,
+        built,
+        verification,
+        &locked,
+        &decision,
+    )?;
+    if let Some(l) = relocked {
+        built.lock_written = Some(lock::write(project, &l)?);
+    }
+    Ok(built)
+}
+
+/// A failed build keeps its log as `out/PROFILE/VERSION.failed.log`; the error names it.
+fn failed(staging: &Staging, recipe: &Recipe, e: anyhow::Error) -> anyhow::Error {
+    match staging.keep_failed_log() {
+        Some(l) => e.context(format!(
+            "building {} failed; log: {}",
+            recipe.profile,
+            l.display()
+        )),
+        None => e,
     }
 }
 
-/// The build up to the staged outputs; with --relock, also the new lock.
-#[allow(clippy::too_many_arguments)]
-fn run(
-    host: &Host,
-    project: &Project,
+/// Publishes the staged build as `decision` says, under the release lock: the same bytes
+/// keep their record and, unless this build was boot-tested, the directory already
+/// published; a passed boot test is added to the record.
+fn publish(
     recipe: &Recipe,
     opts: &BuildOptions,
-    lock: Option<&Lock>,
-    staging: &Staging,
-    rep: &dyn Reporter,
-) -> Result<(Built, Option<Lock>)> {
-    let mut t = Timings::default();
-    let ids = ImageIds::derive(&recipe.id);
-    let stacks = t.stage(rep, "stacks", |_| {
-        let p = stack::prepare(host, &opts.cache, recipe)?;
-        let bytes: u64 = p.images.iter().map(|i| i.len).sum();
-        let summary = format!(
-            "{} stacks, {} images, {} baked, {} fetched",
-            p.stacks.len(),
-            p.images.len(),
-            Bytes(bytes),
-            Bytes(p.fetched)
-        );
-        Ok((p, summary))
-    })?;
-    let (base, relocked) = t.stage(rep, "base", |s| {
-        let (b, relocked) = if opts.relock {
-            let (l, b) = base::make_lock(host, &opts.cache, recipe, true, s)?;
-            (b, Some(l))
-        } else {
-            (base::produce(host, &opts.cache, recipe, lock, s)?, None)
-        };
-        let note = if b.cached { "cached" } else { "bootstrapped" };
-        let locked = match (&relocked, lock) {
-            (Some(_), _) => ", relocked",
-            (None, Some(_)) => ", locked",
-            (None, None) => ", no lock",
-        };
-        let summary = format!("{note}{locked}, sha256 {}", &b.sha256[..12]);
-        Ok(((b, relocked), summary))
-    })?;
-    let lock = relocked.as_ref().or(lock);
-    let tree = t.stage(rep, "tree", |s| {
-        let tree = make_tree(recipe, &ids, &base, &stacks, s)?;
-        if let Some(l) = lock {
-            check_stub(&tree, l)?;
+    staging: Staging,
+    mut built: Built,
+    verification: Option<Verification>,
+    locked: &release::record::Locked,
+    decision: &Decision,
+) -> Result<Built> {
+    let out = &opts.out_root;
+    let image_name = built
+        .image
+        .file_name()
+        .context("image has no name")?
+        .to_owned();
+    let dest = out.join(&recipe.profile).join(&recipe.version);
+    let keep_published = matches!(decision, Decision::Same(_))
+        && verification.is_none()
+        && dest.join(&image_name).is_file();
+    built.dir = if keep_published {
+        drop(staging);
+        dest
+    } else {
+        staging.publish()?
+    };
+    built.image = built.dir.join(image_name);
+    built.published = match decision {
+        Decision::New => "new",
+        Decision::Same(_) => "same",
+        Decision::Replace(_) => "replaced",
+    };
+    let rec = Release {
+        version: recipe.version.clone(),
+        image_sha256: built.sha256.clone(),
+        recipe_id: recipe.id.clone(),
+        lock_digest: built.lock_digest.clone(),
+        verified: false,
+        published_at: None,
+        verifications: Vec::new(),
+    };
+    let rec = locked
+        .record(decision, rec, verification, release::record::now())
+        .with_context(|| {
+            format!(
+                "recording {} {} in {}",
+                recipe.profile,
+                recipe.version,
+                release::record::path(out, &recipe.profile).display()
+            )
+        })?;
+    built.release = Some(rec);
+    Ok(built)
+}
+
+/// One build: what every stage reads.
+struct Ctx<'a> {
+    host: &'a Host,
+    project: &'a Project,
+    recipe: &'a Recipe,
+    opts: &'a BuildOptions,
+    staging: &'a Staging,
+    rep: &'a dyn Reporter,
+}
+
+/// The image file and its layout, once the disk stage made it.
+struct Disk {
+    path: PathBuf,
+    name: String,
+    layout: Layout,
+}
+
+impl Ctx<'_> {
+    /// The stages up to the staged outputs; with --relock, also the new lock; with
+    /// --verify, the passed boot test.
+    fn run(&self, lock: Option<&Lock>) -> Result<(Built, Option<Lock>, Option<Verification>)> {
+        let mut t = Timings::default();
+        let ids = ImageIds::derive(&self.recipe.id);
+        let stacks = self.stacks(&mut t)?;
+        let (base, relocked) = self.base(&mut t, lock)?;
+        let lock = relocked.as_ref().or(lock);
+        let tree = self.tree(&mut t, &ids, &base, &stacks, lock)?;
+        let packages = tree::installed_packages(&tree)?;
+        let kernel = tree::kernel_versions(&tree).pop();
+        let boot = self.boot(&mut t, &tree, &ids, kernel.is_some())?;
+        let rootfs = self.rootfs(&mut t, &tree)?;
+        let usage = tree.usage();
+        let disk = self.disk(&mut t, &ids, usage)?;
+        self.ext4(&mut t, &ids, &disk, &rootfs, usage)?;
+        self.esp(&mut t, &ids, &disk, boot.as_ref())?;
+        let sealed = self.seal(&mut t, &disk)?;
+        if let Some(want) = &self.opts.expect_sha256 {
+            check_expected_sha256(&sealed.sha256, want)?;
         }
-        let n = tree.len();
-        Ok((tree, format!("{n} entries")))
-    })?;
-    let packages = tree::installed_packages(&tree)?;
-    let kernel = tree::kernel_versions(&tree).pop();
-    let root_partuuid = ids.root_partuuid.to_string();
-    let boot = t.stage(rep, "boot", |_| {
-        if kernel.is_none() && matches!(recipe.base, BaseSpec::Tarball { .. }) {
-            host.note("boot: the tarball base has no /boot/vmlinuz-*; the ESP stays empty");
-            return Ok((
-                None,
-                "no kernel in the tarball base: ESP left empty".to_string(),
-            ));
+        let tested = self.verify(&mut t, &disk)?;
+        let sums = self.formats(&mut t, &disk, &sealed)?;
+        let lock_digest = lock.map(Lock::digest);
+        let mut manifest = Manifest::new(
+            self.recipe,
+            &ids,
+            &base,
+            &disk.layout,
+            packages,
+            kernel,
+            &sealed.sha256,
+            &sums,
+        );
+        manifest.lock_digest = lock_digest.clone();
+        self.write_outputs(&manifest, &sums)?;
+        for (name, secs) in &t.0 {
+            self.host.note(&format!("stage {name}: {secs:.2} s"));
         }
-        let b = boot::make(&tree, recipe, &root_partuuid)?;
-        let summary = format!(
-            "kernel {}, UKI {}, initramfs {}",
-            b.kernel,
-            Bytes(b.uki_size as u64),
-            Bytes(b.initramfs_size as u64)
-        );
-        Ok((Some(b), summary))
-    })?;
-    let esp_files = boot.as_ref().map(|b| b.files.clone()).unwrap_or_default();
-    let work = staging.work();
-    let rootfs = work.join("rootfs.tar");
-    t.stage(rep, "rootfs", |_| {
-        let f = File::create(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
-        tree.write_tar(BufWriter::with_capacity(1 << 20, f))?;
-        Ok(((), format!("{}", Bytes(std::fs::metadata(&rootfs)?.len()))))
-    })?;
-    let usage = tree.usage();
-    let image_name = format!("{}.raw", recipe.artifact_stem());
-    let image = staging.path(&image_name);
-    let layout = t.stage(rep, "disk", |_| {
-        let layout = plan(recipe, &ids, usage)?;
-        let f = File::options()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(&image)?;
-        disk::write_partition_table(&f, &layout, ids.disk_guid)?;
-        let summary = format!(
-            "{} disk, root {}",
-            Bytes(layout.disk_size),
-            Bytes(layout.root.size)
-        );
-        Ok((layout, summary))
-    })?;
-    t.stage(rep, "ext4", |_| {
-        ext4::make(
-            host,
-            &ext4::Ext4 {
-                image: &image,
-                offset: layout.root.start,
-                size: layout.root.size,
-                rootfs_tar: &rootfs,
-                label: "root",
-                uuid: ids.root_fs_uuid,
-                hash_seed: ids.root_hash_seed,
-                epoch: recipe.epoch,
-                inodes: inode_count(layout.root.size, usage.inodes),
-                work: &work,
-            },
-        )?;
-        Ok(((), format!("{} of content", Bytes(usage.file_bytes))))
-    })?;
-    t.stage(rep, "esp", |_| {
-        let f = File::options().read(true).write(true).open(&image)?;
-        fat::write_esp(
-            &f,
-            layout.esp.start,
-            layout.esp.size,
-            ids.esp_volume_id,
-            "ESP",
-            recipe.epoch,
-            &esp_files,
-        )?;
-        Ok(((), format!("{} files", esp_files.len())))
-    })?;
-    let sealed = t.stage(rep, "seal", |_| {
-        let s = output::seal_image(&image)?;
-        let summary = format!(
-            "sha256 {}, {} allocated",
-            &s.sha256[..12],
-            Bytes(s.allocated)
-        );
-        Ok((s, summary))
-    })?;
-    if let Some(want) = &opts.expect_sha256 {
-        check_expected_sha256(&sealed.sha256, want)?;
+        let (health_seconds, boot_stages) =
+            tested
+                .as_ref()
+                .map_or((None, Vec::new()), |tst| match &tst.outcome {
+                    crate::verify::Outcome::Pass(_, took, timeline) => {
+                        (Some(took.as_secs_f64()), timeline.stages())
+                    }
+                    crate::verify::Outcome::Fail { .. } => (None, Vec::new()),
+                });
+        let verification = tested
+            .as_ref()
+            .and_then(|tst| tst.verification(release::record::now()));
+        let built = Built {
+            profile: self.recipe.profile.clone(),
+            dir: self.staging.dir.clone(),
+            image: disk.path,
+            sha256: sealed.sha256,
+            timings: t,
+            content_bytes: usage.file_bytes,
+            allocated: sealed.allocated,
+            disk_size: disk.layout.disk_size,
+            uki_size: boot.as_ref().map(|b| b.uki_size as u64),
+            initramfs_size: boot.as_ref().map(|b| b.initramfs_size as u64),
+            health_seconds,
+            boot_stages,
+            baked_bytes: stacks.images.iter().map(|i| i.len).sum(),
+            fetched_bytes: stacks.fetched,
+            lock_digest,
+            lock_written: None,
+            release: None,
+            published: "",
+        };
+        Ok((built, relocked, verification))
     }
-    let mut health_seconds = None;
-    let mut boot_stages = Vec::new();
-    if let Some(req) = &opts.verify {
-        (health_seconds, boot_stages) = t.stage(rep, "verify", |_| {
+
+    fn stacks(&self, t: &mut Timings) -> Result<stack::Prepared> {
+        t.stage(self.rep, "stacks", |_| {
+            let p = stack::prepare(self.host, &self.opts.cache, self.recipe)?;
+            let bytes: u64 = p.images.iter().map(|i| i.len).sum();
+            let summary = format!(
+                "{} stacks, {} images, {} baked, {} fetched",
+                p.stacks.len(),
+                p.images.len(),
+                Bytes(bytes),
+                Bytes(p.fetched)
+            );
+            Ok((p, summary))
+        })
+    }
+
+    fn base(&self, t: &mut Timings, lock: Option<&Lock>) -> Result<(BaseTar, Option<Lock>)> {
+        let (host, cache, recipe) = (self.host, &self.opts.cache, self.recipe);
+        t.stage(self.rep, "base", |s| {
+            let (b, relocked) = if self.opts.relock {
+                let (l, b) = base::make_lock(host, cache, recipe, true, s)?;
+                (b, Some(l))
+            } else {
+                (base::produce(host, cache, recipe, lock, s)?, None)
+            };
+            let note = if b.cached { "cached" } else { "bootstrapped" };
+            let locked = match (&relocked, lock) {
+                (Some(_), _) => ", relocked",
+                (None, Some(_)) => ", locked",
+                (None, None) => ", no lock",
+            };
+            let summary = format!("{note}{locked}, sha256 {}", &b.sha256[..12]);
+            Ok(((b, relocked), summary))
+        })
+    }
+
+    fn tree(
+        &self,
+        t: &mut Timings,
+        ids: &ImageIds,
+        base: &BaseTar,
+        stacks: &stack::Prepared,
+        lock: Option<&Lock>,
+    ) -> Result<Tree> {
+        t.stage(self.rep, "tree", |s| {
+            let tree = make_tree(self.recipe, ids, base, stacks, s)?;
+            if let Some(l) = lock {
+                check_stub(&tree, l)?;
+            }
+            let n = tree.len();
+            Ok((tree, format!("{n} entries")))
+        })
+    }
+
+    fn boot(
+        &self,
+        t: &mut Timings,
+        tree: &Tree,
+        ids: &ImageIds,
+        has_kernel: bool,
+    ) -> Result<Option<boot::Boot>> {
+        let recipe = self.recipe;
+        t.stage(self.rep, "boot", |_| {
+            if !has_kernel && matches!(recipe.base, BaseSpec::Tarball { .. }) {
+                self.host
+                    .note("boot: the tarball base has no /boot/vmlinuz-*; the ESP stays empty");
+                return Ok((
+                    None,
+                    "no kernel in the tarball base: ESP left empty".to_string(),
+                ));
+            }
+            let b = boot::make(tree, recipe, &ids.root_partuuid.to_string())?;
+            let summary = format!(
+                "kernel {}, UKI {}, initramfs {}",
+                b.kernel,
+                Bytes(b.uki_size as u64),
+                Bytes(b.initramfs_size as u64)
+            );
+            Ok((Some(b), summary))
+        })
+    }
+
+    /// The final tree as a deterministic tar, the input of mke2fs.
+    fn rootfs(&self, t: &mut Timings, tree: &Tree) -> Result<PathBuf> {
+        let rootfs = self.staging.work().join("rootfs.tar");
+        t.stage(self.rep, "rootfs", |_| {
+            let f =
+                File::create(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
+            tree.write_tar(BufWriter::with_capacity(1 << 20, f))?;
+            Ok(((), format!("{}", Bytes(std::fs::metadata(&rootfs)?.len()))))
+        })?;
+        Ok(rootfs)
+    }
+
+    fn disk(&self, t: &mut Timings, ids: &ImageIds, usage: tree::Usage) -> Result<Disk> {
+        let name = format!("{}.raw", self.recipe.artifact_stem());
+        let path = self.staging.path(&name);
+        let layout = t.stage(self.rep, "disk", |_| {
+            let layout = plan(self.recipe, ids, usage)?;
+            let f = File::options()
+                .create_new(true)
+                .read(true)
+                .write(true)
+                .open(&path)?;
+            disk::write_partition_table(&f, &layout, ids.disk_guid)?;
+            let summary = format!(
+                "{} disk, root {}",
+                Bytes(layout.disk_size),
+                Bytes(layout.root.size)
+            );
+            Ok((layout, summary))
+        })?;
+        Ok(Disk { path, name, layout })
+    }
+
+    fn ext4(
+        &self,
+        t: &mut Timings,
+        ids: &ImageIds,
+        disk: &Disk,
+        rootfs: &Path,
+        usage: tree::Usage,
+    ) -> Result<()> {
+        let root = &disk.layout.root;
+        t.stage(self.rep, "ext4", |_| {
+            ext4::make(
+                self.host,
+                &ext4::Ext4 {
+                    image: &disk.path,
+                    offset: root.start,
+                    size: root.size,
+                    rootfs_tar: rootfs,
+                    label: "root",
+                    uuid: ids.root_fs_uuid,
+                    hash_seed: ids.root_hash_seed,
+                    epoch: self.recipe.epoch,
+                    inodes: inode_count(root.size, usage.inodes),
+                    work: &self.staging.work(),
+                },
+            )?;
+            Ok(((), format!("{} of content", Bytes(usage.file_bytes))))
+        })
+    }
+
+    fn esp(
+        &self,
+        t: &mut Timings,
+        ids: &ImageIds,
+        disk: &Disk,
+        boot: Option<&boot::Boot>,
+    ) -> Result<()> {
+        let files = boot.map(|b| b.files.clone()).unwrap_or_default();
+        let esp = &disk.layout.esp;
+        t.stage(self.rep, "esp", |_| {
+            let f = File::options().read(true).write(true).open(&disk.path)?;
+            fat::write_esp(
+                &f,
+                esp.start,
+                esp.size,
+                ids.esp_volume_id,
+                "ESP",
+                self.recipe.epoch,
+                &files,
+            )?;
+            Ok(((), format!("{} files", files.len())))
+        })
+    }
+
+    fn seal(&self, t: &mut Timings, disk: &Disk) -> Result<output::Sealed> {
+        t.stage(self.rep, "seal", |_| {
+            let s = output::seal_image(&disk.path)?;
+            let summary = format!(
+                "sha256 {}, {} allocated",
+                &s.sha256[..12],
+                Bytes(s.allocated)
+            );
+            Ok((s, summary))
+        })
+    }
+
+    /// With --verify: boots the image; a failed boot fails the build.
+    fn verify(&self, t: &mut Timings, disk: &Disk) -> Result<Option<Tested>> {
+        let Some(req) = &self.opts.verify else {
+            return Ok(None);
+        };
+        let stem = self.recipe.artifact_stem();
+        let tested = t.stage(self.rep, "verify", |_| {
             let mut req = req.clone();
-            req.log = Some(staging.path(&format!("{}.console.log", recipe.artifact_stem())));
+            req.log = Some(self.staging.path(&format!("{stem}.console.log")));
             // The release's firmware comes from the mirror the base came from.
-            req.mirror = crate::base::mirror_of(recipe).ok();
-            let (outcome, log) = crate::verify::image::verify_image(host, project, &image, &req)?;
+            req.mirror = crate::base::mirror_of(self.recipe).ok();
+            let tested =
+                crate::verify::image::verify_image(self.host, self.project, &disk.path, &req)?;
             // A failed build keeps the console next to its log (the staging goes away).
-            let kept = staging.failed_console_log().unwrap_or(log.clone());
-            if let Some(e) = crate::verify::image::failure(&outcome, &kept) {
+            let kept = self
+                .staging
+                .failed_console_log()
+                .unwrap_or(tested.log.clone());
+            if let Some(e) = crate::verify::image::failure(&tested.outcome, &kept) {
                 return Err(e);
             }
-            let secs = match &outcome {
-                crate::verify::Outcome::Pass(_, took, timeline) => {
-                    (Some(took.as_secs_f64()), timeline.stages())
-                }
-                crate::verify::Outcome::Fail { .. } => (None, Vec::new()),
-            };
-            Ok((secs, outcome.to_string()))
+            let summary = tested.outcome.to_string();
+            Ok((tested, summary))
         })?;
+        Ok(Some(tested))
     }
-    let mut sums = vec![(image_name.clone(), sealed.sha256.clone())];
-    t.stage(rep, "formats", |_| {
-        for f in recipe.formats.iter().filter(|f| *f != "raw") {
-            sums.push(convert(host, &image, staging, recipe, f)?);
-        }
-        Ok(((), recipe.formats.join(", ")))
-    })?;
-    let lock_digest = lock.map(Lock::digest);
-    let mut manifest = Manifest::new(
-        recipe,
-        &ids,
-        &base,
-        &layout,
-        packages,
-        kernel,
-        &sealed.sha256,
-        &sums,
-    );
-    manifest.lock_digest = lock_digest.clone();
-    std::fs::write(
-        staging.path("manifest.json"),
-        serde_json::to_string_pretty(&manifest)? + "\n",
-    )?;
-    std::fs::write(staging.path("SHA256SUMS"), output::sha256sums(&sums))?;
-    for (name, secs) in &t.0 {
-        host.note(&format!("stage {name}: {secs:.2} s"));
+
+    /// The raw image and the other formats the profile asks for, with their sha256.
+    fn formats(
+        &self,
+        t: &mut Timings,
+        disk: &Disk,
+        sealed: &output::Sealed,
+    ) -> Result<Vec<(String, String)>> {
+        let mut sums = vec![(disk.name.clone(), sealed.sha256.clone())];
+        let recipe = self.recipe;
+        t.stage(self.rep, "formats", |_| {
+            for f in recipe.formats.iter().filter(|f| *f != "raw") {
+                sums.push(convert(self.host, &disk.path, self.staging, recipe, f)?);
+            }
+            Ok(((), recipe.formats.join(", ")))
+        })?;
+        Ok(sums)
     }
-    let built = Built {
-        dir: staging.dir.clone(),
-        image,
-        sha256: sealed.sha256,
-        timings: t,
-        content_bytes: usage.file_bytes,
-        allocated: sealed.allocated,
-        disk_size: layout.disk_size,
-        uki_size: boot.as_ref().map(|b| b.uki_size as u64),
-        initramfs_size: boot.as_ref().map(|b| b.initramfs_size as u64),
-        health_seconds,
-        boot_stages,
-        baked_bytes: stacks.images.iter().map(|i| i.len).sum(),
-        fetched_bytes: stacks.fetched,
-        lock_digest,
-        lock_written: None,
-    };
-    Ok((built, relocked))
+
+    fn write_outputs(&self, manifest: &Manifest, sums: &[(String, String)]) -> Result<()> {
+        std::fs::write(
+            self.staging.path("manifest.json"),
+            serde_json::to_string_pretty(manifest)? + "\n",
+        )?;
+        std::fs::write(self.staging.path("SHA256SUMS"), output::sha256sums(sums))?;
+        Ok(())
+    }
 }
 
 /// The UKI's systemd-stub is the one the lock recorded.

@@ -64,6 +64,10 @@ pub enum Command {
         /// Resolve packages against the mirror again and rewrite profiles/PROFILE.lock.
         #[arg(long)]
         relock: bool,
+        /// Publish over a version that already names other bytes (the old record
+        /// stays in releases.json's history). Bumping `version` is the better fix.
+        #[arg(long)]
+        replace: bool,
         #[command(flatten)]
         boot: BootArgs,
     },
@@ -80,9 +84,15 @@ pub enum Command {
         refresh: bool,
     },
     /// Boot an image in QEMU (snapshot: the image is not changed) and check its health report.
+    ///
+    /// A release that passes gets the boot test added to its record (releases.json).
     Verify {
-        /// The raw image file.
-        image: PathBuf,
+        /// A release (PROFILE: its latest, PROFILE@VERSION, PROFILE@sha256:PREFIX) or
+        /// the path of a raw image.
+        image: String,
+        /// Attach FILE as one more disk, writable (repeatable).
+        #[arg(long = "disk", value_name = "FILE")]
+        disks: Vec<PathBuf>,
         #[command(flatten)]
         boot: BootArgs,
         /// Keep the console log (IMAGE.console.log) when verify passes too.
@@ -93,7 +103,8 @@ pub enum Command {
     ///
     /// The image is not changed (a snapshot) unless --writable is given.
     Run {
-        /// Profile name, or the path of a raw image.
+        /// A release (PROFILE: its latest, PROFILE@VERSION, PROFILE@sha256:PREFIX) or
+        /// the path of a raw image.
         target: String,
         #[command(flatten)]
         boot: BootArgs,
@@ -112,8 +123,9 @@ pub enum Command {
     ///
     /// Reads the image file; needs no root and mounts nothing.
     Inspect {
-        /// The raw image file.
-        image: PathBuf,
+        /// A release (PROFILE: its latest, PROFILE@VERSION, PROFILE@sha256:PREFIX) or
+        /// the path of a raw image.
+        image: String,
         /// Print everything (every file with its sha256 too) as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -126,21 +138,23 @@ pub enum Command {
     /// Prints nothing and exits 0 when they hold the same things, lists the changes and
     /// exits 1 when they differ, exits 2 on errors.
     Diff {
-        /// The older raw image.
-        old: PathBuf,
-        /// The newer raw image.
-        new: PathBuf,
+        /// The older image: a release name or a path.
+        old: String,
+        /// The newer image: a release name or a path.
+        new: String,
         /// Print the changes as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
-    /// List the published versions of a profile (out/PROFILE/releases.json).
+    /// List the published versions of a profile, newest first.
     ///
-    /// Version, image sha256, recipe id, and whether it was boot-tested.
+    /// Version, when it was published, whether and how fast it was boot-tested, the
+    /// image sha256; `latest` and `latest verified` are marked. A version names one
+    /// image for good.
     Releases {
         /// Profile name.
         profile: String,
-        /// Print releases.json's records as JSON on stdout.
+        /// Print the listing (with every record and boot test) as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -173,6 +187,7 @@ impl BootArgs {
             },
             timeout: self.timeout.map(Duration::from_secs),
             memory_mib: self.memory,
+            disks: Vec::new(),
             log: None,
             echo,
             cache: Some(cache.root().to_path_buf()),
@@ -234,6 +249,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             json,
             expect_sha256,
             relock,
+            replace,
             boot,
         } => cmd_build(
             cli,
@@ -243,15 +259,17 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 verify: verify.then(|| boot.request(false, &cache(cli))),
                 expect_sha256: expect_sha256.clone(),
                 relock: *relock,
+                replace: *replace,
             },
             *json,
         ),
         Command::Lock { profile, refresh } => cmd_lock(cli, &project, profile, *refresh),
         Command::Verify {
             image,
+            disks,
             boot,
             keep_log,
-        } => cmd_verify(cli, &project, image, boot, *keep_log),
+        } => cmd_verify(cli, &project, image, disks, boot, *keep_log),
         Command::Run {
             target,
             boot,
@@ -267,7 +285,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             cmd_run(cli, &project, target, boot, attach)
         }
         Command::Inspect { image, json, files } => {
-            let report = crate::inspect::report::inspect(image, *json || *files)?;
+            let image = look_at(cli, &project, image)?;
+            let report = crate::inspect::report::inspect(&image.image, *json || *files)?;
             if *json {
                 print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))
             } else {
@@ -275,7 +294,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             }
         }
         Command::Diff { old, new, json } => {
-            let diff = crate::inspect::diff::diff(old, new)?;
+            let (old, new) = (look_at(cli, &project, old)?, look_at(cli, &project, new)?);
+            let diff = crate::inspect::diff::diff(&old.image, &new.image)?;
             if *json {
                 print_stdout(&(serde_json::to_string_pretty(&diff)? + "\n"))?;
             } else {
@@ -288,11 +308,13 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             })
         }
         Command::Releases { profile, json } => {
-            let releases = crate::releases::list(&out_root(cli, &project), profile)?;
+            let now = crate::release::record::now();
+            let listing =
+                crate::release::list::listing(&project, &out_root(cli, &project), profile, now)?;
             if *json {
-                print_stdout(&(serde_json::to_string_pretty(&releases)? + "\n"))
+                print_stdout(&(serde_json::to_string_pretty(&listing)? + "\n"))
             } else {
-                print_stdout(&releases.human())
+                print_stdout(&listing.human())
             }
         }
         Command::Doctor => Ok(crate::doctor::run()),
@@ -311,11 +333,23 @@ fn out_root(cli: &Cli, project: &Project) -> PathBuf {
     cli.out.clone().unwrap_or_else(|| project.root.join("out"))
 }
 
+/// The image a looking command (verify, run, inspect, diff) names: a bare PROFILE is its
+/// latest release, verified or not.
+fn look_at(cli: &Cli, project: &Project, name: &str) -> Result<crate::release::Resolved> {
+    crate::release::resolve(
+        project,
+        &out_root(cli, project),
+        name,
+        crate::release::Latest::Any,
+    )
+}
+
 /// What a build must pass before it is published.
 struct BuildChecks {
     verify: Option<crate::verify::image::Request>,
     expect_sha256: Option<String>,
     relock: bool,
+    replace: bool,
 }
 
 fn cache(cli: &Cli) -> Cache {
@@ -364,6 +398,7 @@ fn cmd_build(
         verify: checks.verify,
         expect_sha256: checks.expect_sha256,
         relock: checks.relock,
+        replace: checks.replace,
     };
     let reporter = reporter(cli);
     let built = build::build(&host, project, profile, &opts, reporter.as_ref())?;
@@ -378,6 +413,19 @@ fn cmd_build(
         if let Some(p) = &built.lock_written {
             eprintln!("relocked: wrote {}", p.display());
         }
+        if let Some(r) = &built.release {
+            let verified = if r.verified {
+                "verified"
+            } else {
+                "not verified"
+            };
+            let how = match built.published {
+                "same" => "already published with these bytes; kept",
+                "replaced" => "replaced (the old record is in the history)",
+                _ => "published",
+            };
+            eprintln!("release {}@{}: {how}, {verified}", built.profile, r.version);
+        }
     }
     if json {
         return print_stdout(&(serde_json::to_string_pretty(&built)? + "\n"));
@@ -388,25 +436,36 @@ fn cmd_build(
 fn cmd_verify(
     cli: &Cli,
     project: &Project,
-    image: &std::path::Path,
+    name: &str,
+    disks: &[PathBuf],
     boot: &BootArgs,
     keep_log: bool,
 ) -> Result<ExitCode> {
     let host = Host::new(cli.verbose);
-    let (outcome, log) = crate::verify::image::verify_image(
-        &host,
-        project,
-        image,
-        &boot.request(cli.verbose, &cache(cli)),
-    )?;
-    if let Some(e) = crate::verify::image::failure(&outcome, &log) {
+    let target = look_at(cli, project, name)?;
+    let mut req = boot.request(cli.verbose, &cache(cli));
+    req.disks = disks.to_vec();
+    let tested = crate::verify::image::verify_image(&host, project, &target.image, &req)?;
+    if let Some(e) = crate::verify::image::failure(&tested.outcome, &tested.log) {
         return Err(e);
     }
     if !keep_log {
-        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(&tested.log);
+    }
+    // A release that passed gets this boot test in its record; its bytes must still be
+    // the recorded ones.
+    let mut recorded = String::new();
+    if let (Some((profile, rec)), Some(v)) = (
+        &target.release,
+        tested.verification(crate::release::record::now()),
+    ) {
+        target.check()?;
+        let locked = crate::release::record::lock(&out_root(cli, project), profile)?;
+        locked.add_verification(&rec.version, &rec.image_sha256, v)?;
+        recorded = format!("; recorded as a boot test of {profile}@{}", rec.version);
     }
     if !cli.quiet {
-        eprintln!("{}: {outcome}", image.display());
+        eprintln!("{}: {}{recorded}", target.label, tested.outcome);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -426,25 +485,7 @@ fn cmd_run(
     attach: Attach,
 ) -> Result<ExitCode> {
     let host = Host::new(cli.verbose);
-    let image = if std::path::Path::new(target).is_file() {
-        PathBuf::from(target)
-    } else {
-        let recipe = Recipe::load(project, target)?;
-        let p = out_root(cli, project)
-            .join(&recipe.profile)
-            .join(&recipe.version)
-            .join(format!("{}.raw", recipe.artifact_stem()));
-        if !p.is_file() {
-            return Err(crate::error::UserError::invalid(format!(
-                "{} is not built yet ({} is missing)",
-                recipe.profile,
-                p.display()
-            ))
-            .hint(format!("run `imagebuild build {}` first", recipe.profile))
-            .into());
-        }
-        p
-    };
+    let image = look_at(cli, project, target)?.image;
     let arch = crate::verify::image::image_arch(&image)?;
     let machine = crate::verify::image::machine_for(project, arch)?;
     let req = boot.request(true, &cache(cli));

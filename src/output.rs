@@ -147,28 +147,10 @@ pub fn seal_image(path: &Path) -> Result<Sealed> {
 }
 
 const BLOCK: usize = 4096;
-const CHUNK: usize = 4 << 20;
-static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+static ZEROS: [u8; BLOCK] = [0; BLOCK];
 
+use crate::sparse::{CHUNK, hash_zeros, seek};
 use rustix::fs::SeekFrom;
-
-/// `lseek` with SEEK_DATA/SEEK_HOLE; `None` past the last data (ENXIO).
-fn seek(f: &File, to: SeekFrom) -> Result<Option<u64>> {
-    match rustix::fs::seek(f, to) {
-        Ok(p) => Ok(Some(p)),
-        Err(rustix::io::Errno::NXIO) => Ok(None),
-        Err(e) => Err(anyhow::Error::new(e).context("seeking in the image")),
-    }
-}
-
-fn hash_zeros(h: &mut Sha256, mut n: u64) {
-    while n > 0 {
-        let k = n.min(ZEROS.len() as u64);
-        // OK to cast: k <= ZEROS.len().
-        h.update(&ZEROS[..k as usize]);
-        n -= k;
-    }
-}
 
 /// Hashes the data extent [start, end) and punches its all-zero 4 KiB blocks.
 fn seal_extent(f: &mut File, h: &mut Sha256, buf: &mut [u8], start: u64, end: u64) -> Result<()> {
@@ -187,7 +169,7 @@ fn seal_extent(f: &mut File, h: &mut Sha256, buf: &mut [u8], start: u64, end: u6
         h.update(&buf[..n]);
         for (i, block) in buf[..n].chunks(BLOCK).enumerate() {
             let at = pos + (i * BLOCK) as u64;
-            let zero = block.len() == BLOCK && block == &ZEROS[..BLOCK];
+            let zero = block.len() == BLOCK && block == ZEROS;
             run = match (run, zero) {
                 (Some((s, l)), true) => Some((s, l + BLOCK as u64)),
                 (None, true) => Some((at, BLOCK as u64)),

@@ -70,12 +70,23 @@ impl Fixture {
     }
 
     fn build_with(&self, name: &str, out: &str, expect: Option<&str>) -> anyhow::Result<Built> {
+        self.build_opts(name, out, expect, false)
+    }
+
+    fn build_opts(
+        &self,
+        name: &str,
+        out: &str,
+        expect: Option<&str>,
+        replace: bool,
+    ) -> anyhow::Result<Built> {
         let opts = BuildOptions {
             out_root: self.root().join(out),
             cache: Cache::new(self.root().join("cache")),
             verify: None,
             expect_sha256: expect.map(str::to_string),
             relock: false,
+            replace,
         };
         build(
             &Host::new(false),
@@ -241,9 +252,9 @@ fn two_builds_are_bit_identical_and_arm64_gets_its_root_type() {
 #[test]
 fn overlay_change_changes_the_image() {
     let fx = Fixture::new(Arch::Amd64);
-    let a = fx.build("t").unwrap().sha256;
+    let a = fx.build_into("t", "out-a").unwrap().sha256;
     std::fs::write(fx.root().join("overlays/app/etc/motd"), "changed\n").unwrap();
-    let b = fx.build("t").unwrap().sha256;
+    let b = fx.build_into("t", "out-b").unwrap().sha256;
     assert_ne!(a, b);
 }
 
@@ -334,12 +345,33 @@ fn missing_overlay_directory_fails_before_anything_is_written() {
 }
 
 #[test]
-fn rebuild_replaces_the_published_version_atomically() {
+fn a_version_once_published_names_one_image() {
     let fx = Fixture::new(Arch::Amd64);
     let a = fx.build("t").unwrap();
+    assert_eq!(a.published, "new");
     std::fs::write(fx.root().join("overlays/app/etc/motd"), "v2\n").unwrap();
-    let b = fx.build("t").unwrap();
-    assert_eq!(a.dir, b.dir);
+    let e = error_text(&fx.build("t").unwrap_err());
+    assert!(
+        e.contains(&format!(
+            "t 1.0 is already published as image sha256 {}; this build made ",
+            a.sha256
+        )) && e.contains("A version names one image: nothing was published"),
+        "{e}"
+    );
+    assert!(e.contains("bump `version` (profiles/t.toml:"), "{e}");
+    assert_eq!(
+        sha256(&std::fs::read(&a.image).unwrap()),
+        a.sha256,
+        "the published image is untouched"
+    );
+    // --replace publishes atomically and keeps the old record in the history.
+    let b = fx.build_opts("t", "out", None, true).unwrap();
+    assert_eq!(
+        (a.dir.as_path(), b.published),
+        (b.dir.as_path(), "replaced")
+    );
+    assert_ne!(a.sha256, b.sha256);
+    assert_eq!(sha256(&std::fs::read(&b.image).unwrap()), b.sha256);
     let mut entries: Vec<_> = std::fs::read_dir(fx.root().join("out/t"))
         .unwrap()
         .flatten()
@@ -348,9 +380,34 @@ fn rebuild_replaces_the_published_version_atomically() {
     entries.sort();
     assert_eq!(
         entries,
-        ["1.0", "releases.json"],
+        ["1.0", "1.0.failed.log", "releases.json"],
         "no staging or old directories left: {entries:?}"
     );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.root().join("out/t/releases.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["releases"][0]["image_sha256"], b.sha256.as_str());
+    assert_eq!(
+        json["replaced"][0]["release"]["image_sha256"],
+        a.sha256.as_str()
+    );
+    assert_eq!(json["replaced"][0]["replaced_by"], b.sha256.as_str());
+}
+
+#[test]
+fn the_same_bytes_again_keep_the_published_release() {
+    let fx = Fixture::new(Arch::Amd64);
+    let a = fx.build("t").unwrap();
+    let before = std::fs::metadata(&a.image).unwrap().modified().unwrap();
+    let again = fx.build("t").unwrap();
+    assert_eq!(
+        (again.sha256.as_str(), again.published),
+        (a.sha256.as_str(), "same")
+    );
+    let after = std::fs::metadata(&again.image).unwrap().modified().unwrap();
+    assert_eq!(before, after, "the published directory was kept as it was");
+    let rec = again.release.unwrap();
+    assert_eq!(rec.published_at, a.release.unwrap().published_at);
 }
 
 #[test]
@@ -530,17 +587,13 @@ fn set_version(fx: &Fixture, version: &str) {
 }
 
 #[test]
-fn releases_json_records_each_version_once_in_version_order() {
+fn releases_are_recorded_in_version_order_and_listed_newest_first() {
     let fx = Fixture::new(Arch::Amd64);
     let first = fx.build("t").unwrap();
     set_version(&fx, "1.10");
     let ten = fx.build("t").unwrap();
     set_version(&fx, "1.9");
     let nine = fx.build("t").unwrap();
-    set_version(&fx, "1.0");
-    std::fs::write(fx.root().join("overlays/app/etc/motd"), "v2\n").unwrap();
-    let again = fx.build("t").unwrap();
-    assert_ne!(first.sha256, again.sha256);
 
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fx.root().join("out/t/releases.json")).unwrap())
@@ -559,18 +612,17 @@ fn releases_json_records_each_version_once_in_version_order() {
     assert_eq!(
         got,
         [
-            ("1.0", again.sha256.as_str()),
+            ("1.0", first.sha256.as_str()),
             ("1.9", nine.sha256.as_str()),
             ("1.10", ten.sha256.as_str())
-        ],
-        "the rebuild of 1.0 replaced its record"
+        ]
     );
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(again.dir.join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(first.dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(records[0]["recipe_id"], manifest["recipe_id"]);
     assert_eq!(records[0]["lock_digest"], serde_json::Value::Null);
     assert_eq!(records[0]["verified"], false);
-    assert_eq!(records[0].as_object().unwrap().len(), 5, "{records:?}");
+    assert!(records[0]["published_at"].as_i64().unwrap() > 1_700_000_000);
 
     let (code, stdout, stderr) = imagebuild(&[
         "-C".as_ref(),
@@ -581,13 +633,19 @@ fn releases_json_records_each_version_once_in_version_order() {
     assert_eq!(code, 0, "{stderr}");
     let versions: Vec<_> = stdout
         .lines()
-        .map(|l| l.split(' ').next().unwrap())
+        .skip(1)
+        .filter_map(|l| l.split(' ').next())
+        .filter(|v| !v.is_empty() && v.starts_with('1'))
         .collect();
-    assert_eq!(versions, ["1.0", "1.9", "1.10"], "{stdout}");
+    assert_eq!(versions, ["1.10", "1.9", "1.0"], "{stdout}");
+    let newest = stdout.lines().nth(1).unwrap();
     assert!(
-        stdout.lines().next().unwrap().contains(&again.sha256),
+        newest.contains(&ten.sha256)
+            && newest.contains("just now")
+            && newest.ends_with("<- latest"),
         "{stdout}"
     );
+    assert!(stdout.contains("no release is verified"), "{stdout}");
 }
 
 #[test]
@@ -941,5 +999,60 @@ fn secrets_in_overlays_are_refused_unless_allowed() {
     assert!(
         e.contains("overlays/app/etc/app/users.conf:2: a password hash ($6$, SHA-512 crypt) in overlay overlays/app"),
         "{e}"
+    );
+}
+
+/// Profile names, image names and versions become parts of paths: one rule (a plain name)
+/// for all, checked before anything is written, so nothing lands outside out/.
+#[test]
+fn names_that_are_paths_are_refused_before_anything_is_written() {
+    let fx = Fixture::new(Arch::Amd64);
+    // A profile outside profiles/ that `../` would reach.
+    std::fs::write(fx.root().join("escape.toml"), fx.profile_text()).unwrap();
+    let e = error_text(&fx.build("../escape").unwrap_err());
+    assert!(
+        e.starts_with(
+            "profile name \"../escape\" is not a plain name: it must start with a letter or digit"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("imagebuild list"), "{e}");
+    let text = fx.profile_text();
+    for (key, bad, line) in [
+        ("version", "..", 3),
+        ("version", ".", 3),
+        ("name", "../x", 2),
+        ("name", "a/b", 2),
+    ] {
+        let old = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} =")))
+            .unwrap();
+        fx.write_profile("bad", &text.replace(old, &format!("{key} = \"{bad}\"")));
+        let e = error_text(&fx.build("bad").unwrap_err());
+        assert!(
+            e.starts_with(&format!(
+                "profiles/bad.toml:{line}: {key} \"{bad}\" is not a plain name"
+            )),
+            "{key} {bad}: {e}"
+        );
+    }
+    fx.write_profile("child", "extends = [\"../escape\"]\n");
+    let e = error_text(&fx.build("child").unwrap_err());
+    assert!(
+        e.starts_with("profiles/child.toml:1: extends \"../escape\" is not a plain name"),
+        "{e}"
+    );
+    assert!(!fx.root().join("out").exists(), "nothing under out/");
+    let siblings: Vec<_> = std::fs::read_dir(fx.root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !siblings
+            .iter()
+            .any(|n| n.contains("staging") || n == "1.0" || n == "releases.json"),
+        "{siblings:?}"
     );
 }

@@ -84,6 +84,7 @@ impl Project_ {
             verify: None,
             expect_sha256: None,
             relock: false,
+            replace: false,
         };
         build(
             &Host::new(false),

@@ -110,13 +110,24 @@ impl Project {
         self.profiles_dir().join(format!("{name}.toml"))
     }
 
+    /// Whether `profiles/NAME.toml` exists (`name` must be a plain name).
+    pub fn profile_exists(&self, name: &str) -> bool {
+        crate::release::name::is_plain(name) && self.profile_path(name).is_file()
+    }
+
     fn shown(&self, p: &Path) -> PathBuf {
         p.strip_prefix(&self.root)
             .map_or_else(|_| p.to_path_buf(), Path::to_path_buf)
     }
 
-    /// Reads `name` and everything it extends, and merges them (parents first).
+    /// Reads `name` and everything it extends, and merges them (parents first). A name
+    /// is a plain name (never a path): `profiles/NAME.toml`.
     pub fn load(&self, name: &str) -> Result<Merged> {
+        if let Err(e) = crate::release::name::check_plain("profile name", name) {
+            return Err(UserError::invalid(e)
+                .hint("name a profile by its file name in profiles/ without .toml (`imagebuild list` lists them)")
+                .into());
+        }
         let mut merged = Merged {
             name: name.to_string(),
             table: Table::new(),
@@ -135,6 +146,14 @@ impl Project {
         stack: &mut Vec<String>,
         out: &mut Merged,
     ) -> Result<()> {
+        if let (Some(p), Err(e)) = (parent, crate::release::name::check_plain("extends", name)) {
+            let line = p.line_of(&format!("\"{name}\"")).unwrap_or(1);
+            return Err(
+                UserError::invalid(format!("{}:{line}: {e}", p.path.display()))
+                    .hint("extends names profiles in profiles/ by file name without .toml")
+                    .into(),
+            );
+        }
         if let Some(pos) = stack.iter().position(|n| n == name) {
             let mut cycle = stack[pos..].to_vec();
             cycle.push(name.to_string());
@@ -329,8 +348,9 @@ impl Recipe {
             .version
             .clone()
             .ok_or_else(|| need("image", "version"))?;
-        check_version(&merged, &version)?;
+        check_name(&merged, "version", &version, "2026.11.1")?;
         let image_name = p.image.name.clone().unwrap_or_else(|| merged.name.clone());
+        check_name(&merged, "name", &image_name, "prod")?;
         let size = match p.image.size.as_deref() {
             None | Some("auto") => DiskSize::Auto,
             Some(s) => DiskSize::Fixed(parse_size(&merged, s)?),
@@ -397,19 +417,17 @@ pub fn digest(table: &Table) -> String {
     hex::encode(h.finalize())
 }
 
-fn check_version(m: &Merged, v: &str) -> Result<()> {
-    let ok = !v.is_empty()
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._+~".contains(c));
-    if ok {
+/// `[image] name` and `version` become parts of paths and file names: plain names only.
+fn check_name(m: &Merged, key: &str, v: &str, example: &str) -> Result<()> {
+    let Err(e) = crate::release::name::check_plain(key, v) else {
         return Ok(());
-    }
-    Err(UserError::invalid(format!(
-        "{}: version `{v}` cannot be part of a file name",
-        m.locate("version")
-    ))
-    .hint("use letters, digits and . _ + ~ only, e.g. 2026.11.1")
-    .into())
+    };
+    let at = m.locate(&format!("{key} = "));
+    Err(UserError::invalid(format!("{at}: {e}"))
+        .hint(format!(
+            "set [image] {key} to a plain name, e.g. \"{example}\""
+        ))
+        .into())
 }
 
 fn parse_checks(m: &Merged, tables: &[Table]) -> Result<Vec<crate::verify::health::Check>> {

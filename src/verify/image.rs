@@ -23,6 +23,8 @@ pub struct Request {
     pub accel: Accel,
     pub timeout: Option<Duration>,
     pub memory_mib: Option<u32>,
+    /// More disks for the guest, writable (see `VerifyOptions::disks`).
+    pub disks: Vec<PathBuf>,
     /// Console log; default `<image>.console.log` next to the image.
     pub log: Option<PathBuf>,
     /// Echo the console to stderr.
@@ -40,6 +42,7 @@ impl Default for Request {
             accel: Accel::Auto,
             timeout: None,
             memory_mib: None,
+            disks: Vec::new(),
             log: None,
             echo: false,
             cache: None,
@@ -160,13 +163,52 @@ pub fn default_log(image: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Boots `image` and judges it. Returns the outcome and the console log path.
-pub fn verify_image(
-    host: &Host,
-    project: &Project,
-    image: &Path,
-    req: &Request,
-) -> Result<(Outcome, PathBuf)> {
+/// One boot test of an image: its verdict, its console log and what it ran on.
+#[derive(Debug)]
+pub struct Tested {
+    pub outcome: Outcome,
+    pub log: PathBuf,
+    /// `qemu-system-x86_64 10.0.2`.
+    pub machine: String,
+    /// Where the firmware came from (`ovmf 2025.02-8+deb13u1 of trixie`).
+    pub firmware: String,
+}
+
+impl Tested {
+    /// The record of this test for a release, if it passed; `at` is the time to record.
+    pub fn verification(&self, at: i64) -> Option<crate::release::Verification> {
+        let Outcome::Pass(_, took, timeline) = &self.outcome else {
+            return None;
+        };
+        let accel = timeline
+            .accel
+            .map_or_else(String::new, |a| format!(" ({a})"));
+        Some(crate::release::Verification {
+            at,
+            machine: format!("{}{accel}", self.machine),
+            firmware: self.firmware.clone(),
+            boot_seconds: (took.as_secs_f64() * 10.0).round() / 10.0,
+        })
+    }
+}
+
+/// `BINARY VERSION` from `BINARY --version` ("QEMU emulator version 10.0.2 (Debian ...)").
+fn qemu_version(host: &Host, binary: &str) -> String {
+    let out = host.run(std::process::Command::new(binary).arg("--version"));
+    let version = out.ok().and_then(|o| {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let line = text.lines().next()?.to_string();
+        let v = line.split("version ").nth(1)?.split_whitespace().next()?;
+        Some(v.to_string())
+    });
+    format!(
+        "{binary} {}",
+        version.as_deref().unwrap_or("(version unknown)")
+    )
+}
+
+/// Boots `image` and judges it.
+pub fn verify_image(host: &Host, project: &Project, image: &Path, req: &Request) -> Result<Tested> {
     let arch = image_arch(image)?;
     let machine = machine_for(project, arch)?;
     let log = req.log.clone().unwrap_or_else(|| default_log(image));
@@ -179,6 +221,7 @@ pub fn verify_image(
     if let Some(m) = req.memory_mib {
         opts.memory_mib = m;
     }
+    opts.disks.clone_from(&req.disks);
     let osr = os_release(image)?;
     opts.firmware = Some(firmware_for(
         host,
@@ -187,6 +230,10 @@ pub fn verify_image(
         req,
     )?);
     let expected = (osr.image_id, osr.image_version);
+    let firmware = opts
+        .firmware
+        .as_ref()
+        .map_or_else(String::new, |f| f.origin.clone());
     let runner = |cmd: &mut std::process::Command| host.spawn(cmd);
     let outcome = super::verify(image, &machine, &opts, &runner)?;
     let outcome = match outcome {
@@ -201,7 +248,12 @@ pub fn verify_image(
         }
         o => o,
     };
-    Ok((outcome, log))
+    Ok(Tested {
+        outcome,
+        log,
+        machine: qemu_version(host, &machine.binary),
+        firmware,
+    })
 }
 
 /// A failed outcome as a user error quoting the console's tail.

@@ -85,6 +85,8 @@ pub struct Timeline {
     marks: Vec<(&'static str, Duration)>,
     /// Why the first boot of this run was given up and the image booted again.
     pub retried_after: Option<FailReason>,
+    /// The accelerator of the boot that passed.
+    pub accel: Option<Accelerator>,
 }
 
 impl Timeline {
@@ -297,7 +299,10 @@ fn boot_once(
     );
     let status = console::stop(&mut child)?;
     console::drain(&events, log, DRAIN_GRACE)?;
-    let outcome = end?.outcome(status, opts.timeout, log.tail());
+    let mut outcome = end?.outcome(status, opts.timeout, log.tail());
+    if let Outcome::Pass(_, _, timeline) = &mut outcome {
+        timeline.accel = Some(accel);
+    }
     Ok((outcome, accel))
 }
 

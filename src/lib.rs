@@ -11,6 +11,7 @@ pub mod cli;
 pub mod disk;
 pub mod doctor;
 pub mod error;
+pub mod flash;
 pub mod fs;
 pub mod host;
 pub mod ids;

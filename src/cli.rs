@@ -158,6 +158,45 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a release to a whole disk, a file, or a disk in a rescue system over ssh.
+    ///
+    /// The image's sha256 is checked against its release first; the target is refused
+    /// when anything on it is mounted, swap or held, when it is a partition, read-only or
+    /// too small; a disk is confirmed by typing its serial. The first MiB (the partition
+    /// table) is written last and everything is read back and checked. Partitions of the
+    /// target that are the image's [[state]] are kept.
+    ///
+    /// Examples:
+    ///   imagebuild flash prod-amd64 /dev/disk/by-id/nvme-Samsung_SSD_980_S64...
+    ///   imagebuild flash prod-amd64@2026.12.1 /dev/sdb
+    ///   imagebuild flash prod-arm64 ssh://root@203.0.113.7/dev/sda
+    ///   imagebuild flash ./disk.raw vm.img
+    Flash {
+        /// PROFILE (its latest verified release), PROFILE@VERSION,
+        /// PROFILE@sha256:PREFIX, or the path of an image.
+        release: String,
+        /// A whole disk (/dev/sdX, /dev/disk/by-id/...), a file, or
+        /// ssh://USER@HOST[:PORT]/DEVICE.
+        target: String,
+        /// Let a bare PROFILE name its latest release even if it was never boot-tested.
+        #[arg(long)]
+        unverified: bool,
+        /// Do not ask; for a disk only with --expect-serial or a /dev/disk/by-id path.
+        #[arg(short, long)]
+        yes: bool,
+        /// Refuse unless the disk has this serial.
+        #[arg(long, value_name = "SERIAL")]
+        expect_serial: Option<String>,
+        /// Check the release and the target and say what would happen; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// An option for ssh (as `ssh -o OPTION`), repeatable.
+        #[arg(long = "ssh-option", value_name = "OPTION")]
+        ssh_options: Vec<String>,
+        /// Print what was done as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that this host has what imagebuild needs, and say how to fix what is missing.
     Doctor,
 }
@@ -317,6 +356,27 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 print_stdout(&listing.human())
             }
         }
+        Command::Flash {
+            release,
+            target,
+            unverified,
+            yes,
+            expect_serial,
+            dry_run,
+            ssh_options,
+            json,
+        } => {
+            let req = crate::flash::Request {
+                release: release.clone(),
+                target: target.clone(),
+                unverified: *unverified,
+                yes: *yes,
+                expect_serial: expect_serial.clone(),
+                dry_run: *dry_run,
+                ssh_options: ssh_options.clone(),
+            };
+            cmd_flash(cli, &project, &req, *json)
+        }
         Command::Doctor => Ok(crate::doctor::run()),
     }
 }
@@ -468,6 +528,101 @@ fn cmd_verify(
         eprintln!("{}: {}{recorded}", target.label, tested.outcome);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_flash(
+    cli: &Cli,
+    project: &Project,
+    req: &crate::flash::Request,
+    json: bool,
+) -> Result<ExitCode> {
+    let host = Host::new(cli.verbose);
+    let reporter = reporter(cli);
+    let f = crate::flash::flash(
+        &host,
+        project,
+        &out_root(cli, project),
+        req,
+        &Terminal,
+        reporter.as_ref(),
+    )?;
+    if !cli.quiet {
+        eprint!("{}", flash_summary(&f));
+    }
+    if json {
+        return print_stdout(&(serde_json::to_string_pretty(&f)? + "\n"));
+    }
+    if f.dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_stdout(&format!("{}  {}\n", f.image_sha256, f.target))
+}
+
+/// What a flash did (or would do), for people.
+fn flash_summary(f: &crate::flash::Flashed) -> String {
+    let mut s = String::new();
+    let layout = if f.gpt_moved {
+        format!(
+            "; the backup GPT goes to the end of the {} target",
+            Bytes(f.target_bytes)
+        )
+    } else {
+        String::new()
+    };
+    let kept = if f.kept.is_empty() {
+        String::new()
+    } else {
+        format!("; kept: {}", f.kept.join(", "))
+    };
+    if f.dry_run {
+        s.push_str(&format!(
+            "dry run: would flash {} (sha256 {}) to {}: {} to write, {} to zero{layout}{kept}; nothing was written\n",
+            f.release,
+            &f.image_sha256[..12],
+            f.target,
+            Bytes(f.written),
+            Bytes(f.zeroed)
+        ));
+    } else {
+        let rate = f.written as f64 / f.write_seconds.max(0.001);
+        s.push_str(&format!(
+            "flashed {} to {} in {:.1} s: {} written ({}/s), {} zeroed{layout}{kept}\n",
+            f.release,
+            f.target,
+            f.write_seconds,
+            Bytes(f.written),
+            Bytes(rate as u64),
+            Bytes(f.zeroed)
+        ));
+        if let Some(sha) = &f.read_back_sha256 {
+            s.push_str(&format!(
+                "verified: {} read back in {:.1} s, sha256 {sha} = the release\n",
+                Bytes(f.read_back_bytes),
+                f.read_back_seconds
+            ));
+        }
+    }
+    if let Some(n) = &f.note {
+        s.push_str(&format!(
+            "note: the GPT stays where the image has it: {n}\n"
+        ));
+    }
+    s
+}
+
+/// Questions go to the terminal, when there is one.
+struct Terminal;
+
+impl crate::flash::Ask for Terminal {
+    fn ask(&self, prompt: &str) -> Result<Option<String>> {
+        if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+            return Ok(None);
+        }
+        eprint!("{prompt}");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(Some(line))
+    }
 }
 
 /// What `run` attaches besides the image.

@@ -81,7 +81,9 @@ fn sections(out: &str) -> Result<BTreeMap<&str, &str>> {
         let after = &rest[start + "==imagebuild:".len()..];
         let Some(end) = after.find("==") else { break };
         let name = &after[..end];
-        let body = after[end + 2..].strip_prefix('\n').unwrap_or(&after[end + 2..]);
+        let body = after[end + 2..]
+            .strip_prefix('\n')
+            .unwrap_or(&after[end + 2..]);
         let next = body.find("==imagebuild:").unwrap_or(body.len());
         map.insert(name, &body[..next]);
         rest = &body[next..];
@@ -112,7 +114,10 @@ impl Facts {
             size: sizes.next().and_then(Result::ok),
             sector_size: sizes.next().and_then(Result::ok),
             head: decode_base64(get("gpt")).context("decoding the target's first sectors")?,
-            tools: get("tools").split_whitespace().map(str::to_string).collect(),
+            tools: get("tools")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
         })
     }
 
@@ -212,13 +217,21 @@ pub fn parse_lsblk(text: &str) -> Result<BTreeMap<String, Listed>> {
     let mut out = BTreeMap::new();
     for d in v["blockdevices"].as_array().into_iter().flatten() {
         let kname = s(d, "kname");
-        let kname = if kname.is_empty() { s(d, "name") } else { kname };
+        let kname = if kname.is_empty() {
+            s(d, "name")
+        } else {
+            kname
+        };
         out.insert(
             kname.clone(),
             Listed {
                 path: {
                     let p = s(d, "path");
-                    if p.is_empty() { format!("/dev/{kname}") } else { p }
+                    if p.is_empty() {
+                        format!("/dev/{kname}")
+                    } else {
+                        p
+                    }
                 },
                 kname,
                 kind: s(d, "type"),

@@ -86,9 +86,19 @@ impl Gpt {
         if crc32fast::hash(&check) != u32_at(h, 16) {
             bail!("the GPT header's CRC32 is wrong");
         }
-        let (entry_lba, count, size) = (u64_at(h, 72), u32_at(h, 80) as usize, u32_at(h, 84) as usize);
-        if u32_at(h, 12) as usize != HEADER_SIZE || entry_lba != 2 || size != ENTRY_SIZE || count != 128 {
-            bail!("a GPT layout imagebuild does not write (entries at LBA {entry_lba}, {count} of {size} bytes)");
+        let (entry_lba, count, size) = (
+            u64_at(h, 72),
+            u32_at(h, 80) as usize,
+            u32_at(h, 84) as usize,
+        );
+        if u32_at(h, 12) as usize != HEADER_SIZE
+            || entry_lba != 2
+            || size != ENTRY_SIZE
+            || count != 128
+        {
+            bail!(
+                "a GPT layout imagebuild does not write (entries at LBA {entry_lba}, {count} of {size} bytes)"
+            );
         }
         let array = &head[2 * HEADER..2 * HEADER + count * size];
         if crc32fast::hash(array) != u32_at(h, 88) {
@@ -124,7 +134,11 @@ impl Gpt {
 
     /// The end (exclusive byte offset) of the last partition.
     pub fn data_end(&self) -> u64 {
-        self.entries.iter().map(|e| e.bytes().end).max().unwrap_or(SECTOR * 34)
+        self.entries
+            .iter()
+            .map(|e| e.bytes().end)
+            .max()
+            .unwrap_or(SECTOR * 34)
     }
 
     /// LBA 0 to 33 for a disk of `disk_bytes` with `extra` entries added in their slots:
@@ -180,7 +194,7 @@ impl Gpt {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::disk::{self, Sizing};
     use crate::ids::ImageIds;
@@ -194,7 +208,13 @@ mod tests {
         let ids = ImageIds::derive("gpt-test");
         let layout = disk::plan(Arch::Amd64, &ids, 4 * MIB, Sizing::Root(root)).unwrap();
         let p = dir.path().join("i.raw");
-        let f = File::options().create(true).truncate(true).read(true).write(true).open(&p).unwrap();
+        let f = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
         disk::write_partition_table(&f, &layout, ids.disk_guid).unwrap();
         std::fs::read(p).unwrap()
     }
@@ -205,7 +225,10 @@ mod tests {
         let len = img.len() as u64;
         let g = Gpt::parse(&img).unwrap();
         assert_eq!(g.entries.len(), 2);
-        assert_eq!((g.entries[0].name.as_str(), g.entries[1].name.as_str()), ("esp", "root-x86-64"));
+        assert_eq!(
+            (g.entries[0].name.as_str(), g.entries[1].name.as_str()),
+            ("esp", "root-x86-64")
+        );
         assert_eq!(g.alternate_lba, len / SECTOR - 1);
         assert_eq!(g.data_end(), len - MIB);
         // Its own size and nothing added: the same table, and its backup as written.
@@ -240,17 +263,31 @@ mod tests {
         }
         let back = Gpt::parse(&disk).unwrap();
         assert_eq!(back.alternate_lba, big / SECTOR - 1);
-        assert_eq!(back.primary_for(img.len() as u64, g.last_usable, &[]), img[..PRIMARY_BYTES]);
+        assert_eq!(
+            back.primary_for(img.len() as u64, g.last_usable, &[]),
+            img[..PRIMARY_BYTES]
+        );
     }
 
     #[test]
     fn damage_is_named() {
         let mut img = image_bytes(8 * MIB);
         img[SECTOR as usize + 60] ^= 1;
-        assert_eq!(Gpt::parse(&img).unwrap_err().to_string(), "the GPT header's CRC32 is wrong");
+        assert_eq!(
+            Gpt::parse(&img).unwrap_err().to_string(),
+            "the GPT header's CRC32 is wrong"
+        );
         let mut img = image_bytes(8 * MIB);
         img[2 * SECTOR as usize + 5] ^= 1;
-        assert_eq!(Gpt::parse(&img).unwrap_err().to_string(), "the GPT entry array's CRC32 is wrong");
-        assert_eq!(Gpt::parse(&vec![0u8; PRIMARY_BYTES]).unwrap_err().to_string(), "no GPT signature in sector 1");
+        assert_eq!(
+            Gpt::parse(&img).unwrap_err().to_string(),
+            "the GPT entry array's CRC32 is wrong"
+        );
+        assert_eq!(
+            Gpt::parse(&vec![0u8; PRIMARY_BYTES])
+                .unwrap_err()
+                .to_string(),
+            "no GPT signature in sector 1"
+        );
     }
 }

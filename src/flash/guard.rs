@@ -54,7 +54,10 @@ pub fn check(
         why.push(format!("{} is an optical drive", facts.target));
     }
     if block.read_only {
-        why.push(format!("{} is read-only (/sys/block/{name}/ro is 1)", facts.target));
+        why.push(format!(
+            "{} is read-only (/sys/block/{name}/ro is 1)",
+            facts.target
+        ));
     }
     let size = facts.size.unwrap_or(block.size);
     if size < image_len {
@@ -91,7 +94,12 @@ fn family(facts: &Facts, name: &str) -> BTreeSet<String> {
     );
     let mut todo: Vec<String> = set.iter().cloned().collect();
     while let Some(n) = todo.pop() {
-        for h in facts.blocks.get(&n).map(|b| b.holders.clone()).unwrap_or_default() {
+        for h in facts
+            .blocks
+            .get(&n)
+            .map(|b| b.holders.clone())
+            .unwrap_or_default()
+        {
             if set.insert(h.clone()) {
                 todo.push(h);
             }
@@ -110,7 +118,9 @@ fn in_use(facts: &Facts, family: &BTreeSet<String>, image_dev: Option<&str>) -> 
             .map_or_else(|| format!("/dev/{k}"), |l| l.path.clone())
     };
     for m in &facts.mounts {
-        let Some(k) = facts.kname_of(&m.source) else { continue };
+        let Some(k) = facts.kname_of(&m.source) else {
+            continue;
+        };
         if !family.contains(&k) {
             continue;
         }
@@ -129,7 +139,9 @@ fn in_use(facts: &Facts, family: &BTreeSet<String>, image_dev: Option<&str>) -> 
         }
     }
     for member in family {
-        let Some(b) = facts.blocks.get(member) else { continue };
+        let Some(b) = facts.blocks.get(member) else {
+            continue;
+        };
         for h in &b.holders {
             let what = facts.listed.get(h).map_or_else(
                 || "device-mapper, md or another holder".to_string(),
@@ -166,8 +178,19 @@ fn describe(facts: &Facts, given: &str, block: &Block, size: u64) -> Disk {
         .filter(|b| b.parent.as_deref() == Some(name))
         .map(|b| {
             let l = facts.listed.get(&b.name).cloned().unwrap_or_default();
-            let mut s = format!("{} {}", l.path.is_empty().then(|| format!("/dev/{}", b.name)).unwrap_or(l.path.clone()), Bytes(b.size));
-            for (k, v) in [("", &l.fstype), ("label ", &l.label), ("name ", &l.partlabel)] {
+            let mut s = format!(
+                "{} {}",
+                l.path
+                    .is_empty()
+                    .then(|| format!("/dev/{}", b.name))
+                    .unwrap_or(l.path.clone()),
+                Bytes(b.size)
+            );
+            for (k, v) in [
+                ("", &l.fstype),
+                ("label ", &l.label),
+                ("name ", &l.partlabel),
+            ] {
                 if !v.is_empty() {
                     // Writing to a String cannot fail.
                     let _ = write!(s, ", {k}{v}");
@@ -198,8 +221,16 @@ impl Disk {
             format!(" ({})", self.given)
         };
         let _ = writeln!(s, "target: {}{arrow}", self.dev);
-        let model = if self.model.is_empty() { "unknown model" } else { &self.model };
-        let serial = if self.serial.is_empty() { "none" } else { &self.serial };
+        let model = if self.model.is_empty() {
+            "unknown model"
+        } else {
+            &self.model
+        };
+        let serial = if self.serial.is_empty() {
+            "none"
+        } else {
+            &self.serial
+        };
         let rm = if self.removable { ", removable" } else { "" };
         let _ = writeln!(s, "  {model}, serial {serial}, {}{rm}", Bytes(self.size));
         if let Some(id) = self.by_id.first() {
@@ -247,10 +278,7 @@ mod tests {
     #[test]
     fn a_disk_with_a_mounted_partition_is_refused() {
         let why = judge(fixture!("mounted"), None).unwrap_err();
-        assert_eq!(
-            why,
-            ["/dev/loop0p2 is mounted at /mnt/imagebuild-fixture"]
-        );
+        assert_eq!(why, ["/dev/loop0p2 is mounted at /mnt/imagebuild-fixture"]);
     }
 
     #[test]
@@ -270,11 +298,20 @@ mod tests {
         let swap = judge(fixture!("swap"), None).unwrap_err();
         assert_eq!(swap, ["/dev/loop1 is in use as swap"]);
         let ro = judge(fixture!("read-only"), None).unwrap_err();
-        assert!(ro.len() == 1 && ro[0].ends_with("is read-only (/sys/block/loop2/ro is 1)"), "{ro:?}");
+        assert!(
+            ro.len() == 1 && ro[0].ends_with("is read-only (/sys/block/loop2/ro is 1)"),
+            "{ro:?}"
+        );
         let small = judge(fixture!("too-small"), None).unwrap_err();
-        assert_eq!(small, ["/dev/loop3 is smaller than the image (64.0 MiB < 656.0 MiB)"]);
+        assert_eq!(
+            small,
+            ["/dev/loop3 is smaller than the image (64.0 MiB < 656.0 MiB)"]
+        );
         let held = judge(fixture!("holder"), None).unwrap_err();
-        assert_eq!(held, ["/dev/loop0p2 is held by dm-0 (lvm /dev/mapper/vg-srv)"]);
+        assert_eq!(
+            held,
+            ["/dev/loop0p2 is held by dm-0 (lvm /dev/mapper/vg-srv)"]
+        );
     }
 
     #[test]
@@ -282,9 +319,15 @@ mod tests {
         let disk = judge(fixture!("free"), None).unwrap();
         assert_eq!((disk.dev.as_str(), disk.size), ("/dev/loop0", 2 << 30));
         let text = disk.describe();
-        assert!(text.starts_with("target: /dev/loop0\n  unknown model, serial none, 2.00 GiB\n"), "{text}");
+        assert!(
+            text.starts_with("target: /dev/loop0\n  unknown model, serial none, 2.00 GiB\n"),
+            "{text}"
+        );
         // Without udev (where these were recorded) lsblk knows no filesystem types or labels.
-        assert!(text.contains("  now: /dev/loop0p1 128.0 MiB\n  now: /dev/loop0p2 526.0 MiB\n"), "{text}");
+        assert!(
+            text.contains("  now: /dev/loop0p1 128.0 MiB\n  now: /dev/loop0p2 526.0 MiB\n"),
+            "{text}"
+        );
         // The image file on one of its partitions makes it busy.
         let why = judge(fixture!("free"), Some("259:1")).unwrap_err();
         assert_eq!(why, ["it holds the image file being flashed"]);
@@ -300,6 +343,9 @@ mod tests {
         let mut facts = Facts::parse(fixture!("free")).unwrap();
         facts.target = "/dev/sdz".into();
         let why = check(&facts, "/dev/sdz", IMAGE, None).unwrap_err();
-        assert_eq!(why, ["/dev/sdz is not a block device this machine has (/sys/class/block has no sdz)"]);
+        assert_eq!(
+            why,
+            ["/dev/sdz is not a block device this machine has (/sys/class/block has no sdz)"]
+        );
     }
 }

@@ -110,7 +110,7 @@ pub fn flash(
     })?;
     let image = File::open(&resolved.image)
         .with_context(|| format!("opening {}", resolved.image.display()))?;
-    let src = source(&image, &resolved)?;
+    let src = source(&image, &resolved.image)?;
     let states = state_labels(&resolved.image);
     if let Some(remote) = remote::Target::parse(&req.target)? {
         return remote::flash(
@@ -355,11 +355,11 @@ fn read_head(path: &Path) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// The image's size, GPT, ends and data ranges.
-fn source(image: &File, resolved: &Resolved) -> Result<Source> {
+/// The image's size, GPT, ends and data ranges; `path` names it in errors.
+pub fn source(image: &File, path: &Path) -> Result<Source> {
     use std::os::unix::fs::FileExt;
     let len = image.metadata()?.len();
-    let shown = resolved.image.display();
+    let shown = path.display();
     let mut primary = vec![0u8; PRIMARY_BYTES];
     image
         .read_exact_at(&mut primary, 0)

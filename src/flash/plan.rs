@@ -3,8 +3,10 @@
 //! The order makes an interrupted flash harmless: the target's first MiB (protective MBR,
 //! primary GPT) and its backup GPT are zeroed first, then the image's partitions are
 //! written (data ranges copied, the holes between them zeroed, never left with old data),
-//! then the backup GPT, and the first MiB last. Until the last step the disk has no valid
-//! partition table, so nothing boots or mounts a half-written disk.
+//! then the rest of the first MiB, the backup GPT, and last the protective MBR with the
+//! primary GPT. Until those last two writes the disk has no partition table at all, and
+//! between them only a backup without a protective MBR, which neither the kernel nor UEFI
+//! firmware reads: nothing boots or mounts a half-written disk.
 //!
 //! On a disk larger than the image the backup GPT goes to the disk's end (the OS sees the
 //! whole disk; the root grows into it on first boot), and partitions of the target that the
@@ -136,7 +138,9 @@ pub fn plan(
     steps.push(Step::Zero(backup_at.max(data_end)..target_len));
     steps.push(Step::Sync);
     steps.extend(body(&src.data, head..data_end, coalesce));
-    match &moved {
+    // Last, in this order: the rest of the first MiB, the backup GPT, and the protective
+    // MBR with the primary GPT.
+    let (backup, primary) = match &moved {
         Some(m) => {
             let kept_start = m
                 .kept
@@ -148,23 +152,29 @@ pub fn plan(
             if gap_end > data_end {
                 steps.push(Step::Zero(data_end..gap_end));
             }
-            steps.push(Step::Sync);
-            steps.push(Step::Write(backup_at, m.backup.clone()));
-            steps.push(Step::Sync);
-            let mut first = Vec::with_capacity(head as usize);
-            first.extend_from_slice(&m.primary);
-            steps.push(Step::Write(0, first));
-            if head > PRIMARY_BYTES as u64 {
-                steps.push(Step::Copy(PRIMARY_BYTES as u64..head));
-            }
+            (
+                Step::Write(backup_at, m.backup.clone()),
+                Step::Write(0, m.primary.clone()),
+            )
         }
         None => {
-            steps.push(Step::Sync);
-            steps.push(Step::Copy(data_end..len));
-            steps.push(Step::Sync);
-            steps.push(Step::Copy(0..head));
+            let own_backup = len - BACKUP_BYTES as u64;
+            if own_backup > data_end {
+                steps.push(Step::Copy(data_end..own_backup));
+            }
+            (
+                Step::Copy(own_backup..len),
+                Step::Copy(0..PRIMARY_BYTES as u64),
+            )
         }
+    };
+    if head > PRIMARY_BYTES as u64 {
+        steps.push(Step::Copy(PRIMARY_BYTES as u64..head));
     }
+    steps.push(Step::Sync);
+    steps.push(backup);
+    steps.push(Step::Sync);
+    steps.push(primary);
     steps.push(Step::Sync);
     Ok(Plan {
         steps,
@@ -318,24 +328,51 @@ mod tests {
 
     #[test]
     fn the_first_mib_is_written_last_and_the_backup_before_it() {
+        /// The steps, with written bytes shown by their length.
+        fn kinds(p: &Plan) -> Vec<String> {
+            p.steps
+                .iter()
+                .map(|s| match s {
+                    Step::Write(at, b) => format!("Write({at}, {} bytes)", b.len()),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        }
         let img = image_bytes(8 * MIB);
         let src = source_of(&img);
-        let p = plan(&src, src.len, None, &[], 0).unwrap();
+        let (len, p) = (src.len, plan(&src, src.len, None, &[], 0).unwrap());
         assert!(p.moved.is_none());
-        assert_eq!(p.steps[0], Step::Zero(0..MIB));
-        let n = p.steps.len();
-        assert_eq!(p.steps[n - 2], Step::Copy(0..MIB));
-        assert_eq!(p.steps[n - 4], Step::Copy(src.len - MIB..src.len));
+        let k = kinds(&p);
+        let n = k.len();
+        assert_eq!(k[0], format!("{:?}", Step::Zero(0..MIB)));
+        let backup = len - BACKUP_BYTES as u64;
+        assert_eq!(
+            k[n - 6..],
+            [
+                format!("{:?}", Step::Copy(PRIMARY_BYTES as u64..MIB)),
+                "Sync".into(),
+                format!("{:?}", Step::Copy(backup..len)),
+                "Sync".into(),
+                format!("{:?}", Step::Copy(0..PRIMARY_BYTES as u64)),
+                "Sync".into(),
+            ]
+        );
         let big = 64 * MIB;
         let p = plan(&src, big, None, &[], 0).unwrap();
-        let m = p.moved.as_ref().unwrap();
-        assert_eq!(p.steps[1], Step::Zero(big - BACKUP_BYTES as u64..big));
-        let n = p.steps.len();
-        assert_eq!(p.steps[n - 3], Step::Write(0, m.primary.clone()));
-        assert_eq!(p.steps[n - 2], Step::Copy(PRIMARY_BYTES as u64..MIB));
+        let k = kinds(&p);
+        let n = k.len();
+        let at = big - BACKUP_BYTES as u64;
+        assert_eq!(k[1], format!("{:?}", Step::Zero(at..big)));
         assert_eq!(
-            p.steps[n - 5],
-            Step::Write(big - BACKUP_BYTES as u64, m.backup.clone())
+            k[n - 6..],
+            [
+                format!("{:?}", Step::Copy(PRIMARY_BYTES as u64..MIB)),
+                "Sync".into(),
+                format!("Write({at}, {BACKUP_BYTES} bytes)"),
+                "Sync".into(),
+                format!("Write(0, {PRIMARY_BYTES} bytes)"),
+                "Sync".into(),
+            ]
         );
     }
 

@@ -79,7 +79,9 @@ pub enum Command {
         #[arg(long)]
         refresh: bool,
     },
-    /// Boot an image in QEMU (snapshot: the image is not changed) and check its health report.
+    /// Boot an image in QEMU and check its health report.
+    ///
+    /// The image is not changed (a snapshot) unless --writable is given.
     Verify {
         /// The raw image file.
         image: PathBuf,
@@ -88,6 +90,13 @@ pub enum Command {
         /// Keep the console log (IMAGE.console.log) when verify passes too.
         #[arg(long)]
         keep_log: bool,
+        /// Attach FILE as one more disk, writable (repeatable); the guest sees the
+        /// serial imagebuild-disk1, imagebuild-disk2, ...
+        #[arg(long = "disk", value_name = "FILE")]
+        disks: Vec<PathBuf>,
+        /// Let the guest write to the image file (e.g. a copy, booted twice).
+        #[arg(long)]
+        writable: bool,
     },
     /// Boot a profile's latest image (or an image file) with the console attached.
     ///
@@ -177,6 +186,8 @@ impl BootArgs {
             echo,
             cache: Some(cache.root().to_path_buf()),
             mirror: None,
+            disks: Vec::new(),
+            writable: false,
         }
     }
 }
@@ -251,7 +262,14 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             image,
             boot,
             keep_log,
-        } => cmd_verify(cli, &project, image, boot, *keep_log),
+            disks,
+            writable,
+        } => {
+            let mut req = boot.request(cli.verbose, &cache(cli));
+            req.disks = disks.clone();
+            req.writable = *writable;
+            cmd_verify(cli, &project, image, &req, *keep_log)
+        }
         Command::Run {
             target,
             boot,
@@ -389,16 +407,11 @@ fn cmd_verify(
     cli: &Cli,
     project: &Project,
     image: &std::path::Path,
-    boot: &BootArgs,
+    req: &crate::verify::image::Request,
     keep_log: bool,
 ) -> Result<ExitCode> {
     let host = Host::new(cli.verbose);
-    let (outcome, log) = crate::verify::image::verify_image(
-        &host,
-        project,
-        image,
-        &boot.request(cli.verbose, &cache(cli)),
-    )?;
+    let (outcome, log) = crate::verify::image::verify_image(&host, project, image, req)?;
     if let Some(e) = crate::verify::image::failure(&outcome, &log) {
         return Err(e);
     }

@@ -32,6 +32,10 @@ pub struct Request {
     pub cache: Option<PathBuf>,
     /// The Debian mirror to fetch the release's firmware from; None: the host's apt mirror.
     pub mirror: Option<String>,
+    /// More disks, writable, after the image (serials imagebuild-disk1, ...).
+    pub disks: Vec<PathBuf>,
+    /// Let the guest write to the image file instead of a snapshot.
+    pub writable: bool,
 }
 
 impl Default for Request {
@@ -44,6 +48,8 @@ impl Default for Request {
             echo: false,
             cache: None,
             mirror: None,
+            disks: Vec::new(),
+            writable: false,
         }
     }
 }
@@ -179,6 +185,8 @@ pub fn verify_image(
     if let Some(m) = req.memory_mib {
         opts.memory_mib = m;
     }
+    opts.disks = req.disks.clone();
+    opts.writable = req.writable;
     let osr = os_release(image)?;
     opts.firmware = Some(firmware_for(
         host,

@@ -609,11 +609,13 @@ fn make_tree(
         root_partuuid: &root,
         esp_partuuid: &esp,
         ssh_host_keys: &recipe.ssh_host_keys,
+        grow_root: !recipe.has_os_disk_state(),
     };
     tree::generate(&mut tree, &g, recipe.epoch)?;
     stack::install(&mut tree, stacks, recipe)?;
     let mut checks = recipe.checks.clone();
     checks.extend(stack::health_checks(stacks));
+    checks.extend(tree::state::install(&mut tree, recipe)?);
     for f in health::image_files(&recipe.image_name, &recipe.version, &checks) {
         match f {
             health::GeneratedFile::File {

@@ -83,21 +83,26 @@ pub enum Command {
         #[arg(long)]
         refresh: bool,
     },
-    /// Boot an image in QEMU (snapshot: the image is not changed) and check its health report.
+    /// Boot an image in QEMU and check its health report.
     ///
-    /// A release that passes gets the boot test added to its record (releases.json).
+    /// The image is not changed (a snapshot) unless --writable is given (never for a
+    /// release). A release that passes gets the boot test added to its record.
     Verify {
         /// A release (PROFILE: its latest, PROFILE@VERSION, PROFILE@sha256:PREFIX) or
         /// the path of a raw image.
         image: String,
-        /// Attach FILE as one more disk, writable (repeatable).
-        #[arg(long = "disk", value_name = "FILE")]
-        disks: Vec<PathBuf>,
         #[command(flatten)]
         boot: BootArgs,
         /// Keep the console log (IMAGE.console.log) when verify passes too.
         #[arg(long)]
         keep_log: bool,
+        /// Attach FILE as one more disk, writable (repeatable); the guest sees the
+        /// serial imagebuild-disk1, imagebuild-disk2, ...
+        #[arg(long = "disk", value_name = "FILE")]
+        disks: Vec<PathBuf>,
+        /// Let the guest write to the image file (e.g. a copy, booted twice).
+        #[arg(long)]
+        writable: bool,
     },
     /// Boot a profile's latest image (or an image file) with the console attached.
     ///
@@ -226,11 +231,12 @@ impl BootArgs {
             },
             timeout: self.timeout.map(Duration::from_secs),
             memory_mib: self.memory,
-            disks: Vec::new(),
             log: None,
             echo,
             cache: Some(cache.root().to_path_buf()),
             mirror: None,
+            disks: Vec::new(),
+            writable: false,
         }
     }
 }
@@ -308,7 +314,13 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             disks,
             boot,
             keep_log,
-        } => cmd_verify(cli, &project, image, disks, boot, *keep_log),
+            writable,
+        } => {
+            let mut req = boot.request(cli.verbose, &cache(cli));
+            req.disks = disks.clone();
+            req.writable = *writable;
+            cmd_verify(cli, &project, image, &req, *keep_log)
+        }
         Command::Run {
             target,
             boot,
@@ -497,15 +509,20 @@ fn cmd_verify(
     cli: &Cli,
     project: &Project,
     name: &str,
-    disks: &[PathBuf],
-    boot: &BootArgs,
+    req: &crate::verify::image::Request,
     keep_log: bool,
 ) -> Result<ExitCode> {
     let host = Host::new(cli.verbose);
     let target = look_at(cli, project, name)?;
-    let mut req = boot.request(cli.verbose, &cache(cli));
-    req.disks = disks.to_vec();
-    let tested = crate::verify::image::verify_image(&host, project, &target.image, &req)?;
+    if req.writable && target.release.is_some() {
+        return Err(crate::error::UserError::invalid(format!(
+            "{} is a release: its image never changes, and --writable would let the guest write to it",
+            target.label
+        ))
+        .hint("boot a copy with --writable (cp --sparse=always IMAGE copy.raw)")
+        .into());
+    }
+    let tested = crate::verify::image::verify_image(&host, project, &target.image, req)?;
     if let Some(e) = crate::verify::image::failure(&tested.outcome, &tested.log) {
         return Err(e);
     }

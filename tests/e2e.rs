@@ -3,6 +3,7 @@
 //! `cargo test --release --test e2e -- --ignored --test-threads=1`.
 //! Bases and packages are cached in target/e2e-cache between runs.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -685,5 +686,224 @@ fn stack_server(arch: &str, port: u16, timeout: &str) {
         again.split_whitespace().next().unwrap(),
         built["sha256"].as_str().unwrap(),
         "two builds of the stack profile differ"
+    );
+}
+
+/// prod-amd64 with a state partition on the OS disk (with a bind) and a state disk of its
+/// own (QEMU's second disk), checked inside the guest by `state-test` (below).
+const STATE_PROFILE: &str = r#"extends = ["prod-amd64"]
+[packages]
+include = ["e2fsprogs"]
+[[overlay]]
+path = "overlays/state-test"
+[[state]]
+label = "srv-data"
+mount = "/srv"
+size = "256M"
+bind = ["/var/lib/imagebuild-test"]
+[[state]]
+label = "vol-data"
+mount = "/data"
+device = "/dev/disk/by-id/nvme-*imagebuild-disk1*"
+[[verify.check]]
+command = "/usr/local/bin/state-test"
+"#;
+
+/// The guest's check. The control disk (serial imagebuild-disk2) holds `PHASE ROOT_BYTES`.
+/// Phase 1 checks what the first boot made and writes a marker on every state; phase 2
+/// requires each marker, written in phase 1 in another boot, on the same filesystem (its
+/// UUID unchanged: nothing was formatted again). Phase 3 checks nothing.
+const STATE_TEST: &str = r#"#!/bin/sh
+set -eu
+fail() {
+	echo "state-test: $*" >/dev/console
+	exit 1
+}
+read -r phase root_bytes </dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_imagebuild-disk2 || fail "no control disk"
+[ "$phase" != 3 ] || exit 0
+part=$(readlink -f /dev/disk/by-partlabel/srv-data)
+root=$(readlink -f /dev/disk/by-partlabel/root-x86-64)
+sys() { cat "/sys/class/block/${1#/dev/}/$2"; }
+[ "$(sys "$root" size)" -eq $((root_bytes / 512)) ] || fail "the root partition grew to $(sys "$root" size) sectors"
+[ "$(sys "$part" size)" -eq $((256 * 2048)) ] || fail "partition srv-data has $(sys "$part" size) sectors"
+[ "$(sys "$part" start)" -ge $(($(sys "$root" start) + $(sys "$root" size))) ] || fail "partition srv-data is not after the root"
+[ "$(blkid -s LABEL -o value "$part")" = srv-data ] || fail "the filesystem of partition srv-data is not labelled srv-data"
+[ "$(findmnt -n -o SOURCE /data)" = "$(readlink -f /dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_imagebuild-disk1)" ] || fail "/data is not disk imagebuild-disk1"
+[ "$(cat /var/lib/imagebuild-test/seed.txt)" = "from the image" ] || fail "the bind was not seeded from the image"
+boot=$(cat /proc/sys/kernel/random/boot_id)
+for dir in /srv /data /var/lib/imagebuild-test; do
+	uuid=$(findmnt -n -o UUID --target "$dir")
+	marker=$dir/state-test-marker
+	if [ "$phase" = 1 ]; then
+		[ -e "$marker" ] || echo "phase1 $uuid $boot" >"$marker"
+	else
+		read -r was was_uuid was_boot <"$marker" || fail "$marker is gone"
+		[ "$was $was_uuid" = "phase1 $uuid" ] || fail "$marker says $was $was_uuid, the filesystem is $uuid"
+		[ "$was_boot" != "$boot" ] || fail "$marker was written in this boot"
+	fi
+done
+sync
+"#;
+
+/// The partitions of a disk image, as sfdisk reads them (without the file's name).
+fn partitions(disk: &Path) -> Vec<serde_json::Value> {
+    let json = run_ok(Command::new("sfdisk").arg("-J").arg(disk));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut parts = v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    for part in &mut parts {
+        part.as_object_mut().unwrap().remove("node");
+    }
+    parts
+}
+
+/// blkid's TYPE, LABEL and UUID of a file.
+fn fs_of(file: &Path) -> (String, String, String) {
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    (field("TYPE"), field("LABEL"), field("UUID"))
+}
+
+#[test]
+#[ignore = "end-to-end: an image with a state partition and a state disk, booted three times (make test)"]
+fn state_survives_a_second_boot_and_is_never_formatted_over() {
+    let project = scratch_project(&[("state", STATE_PROFILE)]);
+    let p = project.path();
+    let overlay = p.join("overlays/state-test");
+    std::fs::create_dir_all(overlay.join("var/lib/imagebuild-test")).unwrap();
+    std::fs::create_dir_all(overlay.join("usr/local/bin")).unwrap();
+    std::fs::write(
+        overlay.join("var/lib/imagebuild-test/seed.txt"),
+        "from the image",
+    )
+    .unwrap();
+    let script = overlay.join("usr/local/bin/state-test");
+    std::fs::write(&script, STATE_TEST).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let image = build_plain(p, "state");
+    let again = ok(&imagebuild(
+        p,
+        &p.join("out-again"),
+        &["-q", "build", "state"],
+    ));
+    assert_eq!(
+        again.split_whitespace().next(),
+        Some(sha256(&image).as_str()),
+        "two builds of the state profile differ"
+    );
+    let img = Image::open(&image).unwrap();
+    let root = img.root_region().unwrap().clone();
+    let fs = img.root().unwrap();
+    assert_eq!(
+        fs.read_to_string("/usr/lib/imagebuild/state.json").unwrap(),
+        concat!(
+            r#"{"states":[{"bind":["/var/lib/imagebuild-test"],"device":null,"label":"srv-data","mount":"/srv","size":268435456},"#,
+            r#"{"bind":[],"device":"/dev/disk/by-id/nvme-*imagebuild-disk1*","label":"vol-data","mount":"/data","size":null}]}"#,
+            "\n"
+        )
+    );
+    assert!(
+        !fs.exists("/usr/lib/repart.d/50-root.conf").unwrap(),
+        "the root must not grow over the state partition"
+    );
+
+    // The image on a 2 GiB disk, a blank 256 MiB state disk, and the control disk.
+    let os = p.join("os.raw");
+    std::fs::copy(&image, &os).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&os)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let vol = p.join("vol.raw");
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let ctl = p.join("ctl.raw");
+    let boot = |phase: u32, disk: &Path, writable: bool| {
+        let mut control = format!("{phase} {}\n", root.size).into_bytes();
+        control.resize(1 << 20, 0);
+        std::fs::write(&ctl, control).unwrap();
+        let mut args = vec!["verify", "--timeout", "400"];
+        if writable {
+            args.push("--writable");
+        }
+        args.extend([
+            "--disk",
+            disk.to_str().unwrap(),
+            "--disk",
+            ctl.to_str().unwrap(),
+        ]);
+        args.push(os.to_str().unwrap());
+        let t0 = std::time::Instant::now();
+        let out = imagebuild(p, &p.join("out"), &args);
+        eprintln!("boot {phase}: {:.1} s", t0.elapsed().as_secs_f64());
+        out
+    };
+
+    ok(&boot(1, &vol, true));
+    let after_first = partitions(&os);
+    let original = partitions(&image);
+    assert_eq!(after_first[..2], original[..], "ESP and root unchanged");
+    let state = &after_first[2];
+    assert_eq!(state["name"], "srv-data");
+    assert_eq!(state["type"], "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+    assert_eq!(state["size"], 256 * 2048);
+    let root_end = original[1]["start"].as_u64().unwrap() + original[1]["size"].as_u64().unwrap();
+    assert!(state["start"].as_u64().unwrap() >= root_end, "{state}");
+    let (kind, label, uuid) = fs_of(&vol);
+    assert_eq!((kind.as_str(), label.as_str()), ("ext4", "vol-data"));
+
+    ok(&boot(2, &vol, true));
+    assert_eq!(
+        partitions(&os),
+        after_first,
+        "the second boot changed the partitions"
+    );
+    assert_eq!(fs_of(&vol).2, uuid, "the state disk was formatted again");
+
+    // A disk that holds another filesystem is refused, untouched, and the machine still
+    // reports its health (no emergency shell).
+    let other = p.join("other.raw");
+    std::fs::File::create(&other)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-L", "other"])
+            .arg(&other),
+    );
+    let before = (fs_of(&other), sha256(&other));
+    let out = boot(3, &other, false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "verify passed with a foreign state disk"
+    );
+    assert!(
+        err.contains("failed units: imagebuild-state-device-vol-data.service"),
+        "{err}"
+    );
+    assert!(err.contains("not formatting over it"), "{err}");
+    assert_eq!(
+        (fs_of(&other), sha256(&other)),
+        before,
+        "the foreign disk was written to"
     );
 }

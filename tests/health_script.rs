@@ -409,3 +409,71 @@ fn stack_check_wants_every_service_running_and_healthy_where_defined() {
         (false, "app: no container".into())
     );
 }
+
+/// `findmnt -n -o COLUMNS --mountpoint PATH` from FAKE_MOUNTS, one mount a line:
+/// `PATH MAJ:MIN LABEL FSROOT` (`-` for no label).
+const FAKE_FINDMNT: &str = r#"#!/bin/sh
+[ "$1 $2 $4" = "-n -o --mountpoint" ] || exit 64
+printf '%s\n' "${FAKE_MOUNTS:-}" | while read -r path dev label root; do
+	[ "$path" = "$5" ] || continue
+	[ "$label" = - ] && label=
+	case $3 in
+	MAJ:MIN,LABEL) echo "$dev $label" ;;
+	MAJ:MIN,FSROOT) echo "$dev $root" ;;
+	*) exit 64 ;;
+	esac
+done
+"#;
+
+#[test]
+fn state_check_wants_the_labelled_filesystem_and_every_bind_from_it() {
+    let mut h = Harness::new();
+    let findmnt = h.path("findmnt");
+    std::fs::write(&findmnt, FAKE_FINDMNT).unwrap();
+    std::fs::set_permissions(&findmnt, std::fs::Permissions::from_mode(0o755)).unwrap();
+    h.set("IMAGEBUILD_FINDMNT", findmnt.to_str().unwrap());
+    let state = Check {
+        kind: CheckKind::State {
+            label: "srv-data".into(),
+            mount: "/srv".into(),
+            binds: vec!["/var/lib/docker".into(), "/etc/app".into()],
+        },
+    };
+    let check = |h: &mut Harness, mounts: &str| {
+        h.set("FAKE_MOUNTS", mounts);
+        let run = h.run("prod", std::slice::from_ref(&state));
+        (run.healthy, results(&run.report)["state srv-data"].clone())
+    };
+    let srv = "/srv 259:3 srv-data /\n";
+    let binds =
+        "/var/lib/docker 259:3 srv-data /var/lib/docker\n/etc/app 259:3 srv-data /etc/app\n";
+    assert_eq!(
+        check(&mut h, &format!("{srv}{binds}")),
+        (true, (true, "/srv from srv-data, 2 binds".into()))
+    );
+    assert_eq!(
+        check(&mut h, binds),
+        (false, (false, "/srv is not mounted".into()))
+    );
+    assert_eq!(
+        check(&mut h, &format!("/srv 259:2 root /\n{binds}")),
+        (false, (false, "/srv is mounted from label root".into()))
+    );
+    assert_eq!(
+        check(&mut h, "/srv 259:3 - /\n"),
+        (false, (false, "/srv is mounted from label none".into()))
+    );
+    assert_eq!(
+        check(
+            &mut h,
+            &format!("{srv}/var/lib/docker 259:2 root /var/lib/docker\n")
+        ),
+        (
+            false,
+            (
+                false,
+                "/var/lib/docker: /var/lib/docker of 259:2, /etc/app: not a mount".into()
+            )
+        )
+    );
+}

@@ -4,6 +4,7 @@
 pub mod access;
 mod merge;
 pub mod schema;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use crate::error::UserError;
 use crate::size::{Bytes, MIB};
 pub use access::{Located, ServicesSpec, UserSpec};
 pub use schema::{Arch, ProfileFile};
+pub use state::StateSpec;
 
 /// Default Debian suite.
 pub const DEFAULT_SUITE: &str = "trixie";
@@ -298,6 +300,8 @@ pub struct Recipe {
     pub services: ServicesSpec,
     /// SSH host key types generated on first boot.
     pub ssh_host_keys: Vec<schema::HostKeyType>,
+    /// Filesystems that survive a reflash, in profile order.
+    pub states: Vec<StateSpec>,
     pub merged: Merged,
 }
 
@@ -393,6 +397,7 @@ impl Recipe {
             users: access::users(&merged, &p.user)?,
             services: access::services(&merged, &p.services)?,
             ssh_host_keys: access::ssh_host_keys(&merged, &p.ssh)?,
+            states: state::states(&merged, &p.state)?,
             merged,
         })
     }

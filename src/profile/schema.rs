@@ -41,6 +41,9 @@ pub struct ProfileFile {
     /// The SSH server's host keys.
     #[serde(default)]
     pub ssh: SshSection,
+    /// Filesystems that keep a server's data across a reflash, each found by its label.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<StateSection>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -178,6 +181,25 @@ pub struct UserSection {
     pub home: Option<String>,
     /// Passwordless sudo through /etc/sudoers.d (also implied by "sudo" in groups).
     pub sudo: Option<bool>,
+}
+
+/// One `[[state]]`: an ext4 filesystem, found by its label, that survives a reflash.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StateSection {
+    /// The ext4 label (and, on the OS disk, the GPT partition name): 1-16 of
+    /// `[A-Za-z0-9_-]`.
+    pub label: String,
+    /// Where it is mounted (an absolute path).
+    pub mount: String,
+    /// A separate disk or cloud volume, as a glob under /dev/; none: a partition on the OS
+    /// disk after the root.
+    pub device: Option<String>,
+    /// Size of the partition on the OS disk ("20G"); only without `device`.
+    pub size: Option<String>,
+    /// Paths bind-mounted from MOUNT/PATH, seeded with the image's content on first use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bind: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

@@ -265,3 +265,241 @@ fn bad_ssh_host_keys_name_file_and_line() {
         assert!(hints[0].contains(hint), "{hints:?}");
     }
 }
+
+/// `[[state]]` tables after BASE and a blank line: the first table starts on line 9.
+fn state_error(states: &str) -> (String, Vec<String>) {
+    let (_d, p) = project(&[("profiles/x.toml", &format!("{BASE}\n{states}"))]);
+    err(&p, "x")
+}
+
+const SRV: &str = "[[state]]\nlabel = \"srv-data\"\nmount = \"/srv\"\nsize = \"20G\"\n";
+
+#[test]
+fn states_are_read_and_append_across_extends() {
+    let (_d, p) = project(&[
+        (
+            "profiles/base.toml",
+            &format!("{BASE}\n{SRV}bind = [\"/var/lib/docker\"]\n"),
+        ),
+        (
+            "profiles/x.toml",
+            "extends = [\"base\"]\n[[state]]\nlabel = \"vol\"\nmount = \"/data\"\ndevice = \"/dev/disk/by-id/scsi-0HC_Volume_*\"\n",
+        ),
+    ]);
+    let r = Recipe::load(&p, "x").unwrap();
+    assert_eq!(
+        r.states,
+        [
+            StateSpec {
+                bind: vec!["/var/lib/docker".into()],
+                device: None,
+                label: "srv-data".into(),
+                mount: "/srv".into(),
+                size: Some(20 << 30),
+                at: "profiles/base.toml:10".into(),
+            },
+            StateSpec {
+                bind: vec![],
+                device: Some("/dev/disk/by-id/scsi-0HC_Volume_*".into()),
+                label: "vol".into(),
+                mount: "/data".into(),
+                size: None,
+                at: "profiles/x.toml:3".into(),
+            },
+        ]
+    );
+    assert!(r.states[0].on_os_disk() && !r.states[1].on_os_disk());
+    assert!(r.show().contains("[[state]]"), "{}", r.show());
+}
+
+#[test]
+fn bad_states_name_file_line_and_the_fix() {
+    let state = |label: &str, mount: &str, rest: &str| {
+        format!("[[state]]\nlabel = \"{label}\"\nmount = \"{mount}\"\n{rest}")
+    };
+    let size = "size = \"1G\"\n";
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            state("srv data", "/srv", size),
+            "profiles/x.toml:10: [[state]] label \"srv data\" may hold only letters, digits, `_` and `-`",
+            "an ext4 label",
+        ),
+        (
+            state("a-very-long-label", "/srv", size),
+            "profiles/x.toml:10: [[state]] label \"a-very-long-label\" is not 1 to 16 characters long",
+            "1 to 16",
+        ),
+        (
+            state("a", "srv", size),
+            "profiles/x.toml:11: [[state]] a: mount \"srv\" is not an absolute path",
+            "from the root",
+        ),
+        (
+            state("a", "/srv/", size),
+            "profiles/x.toml:11: [[state]] a: mount \"/srv/\" is not a normalised path",
+            "without `//`",
+        ),
+        (
+            state("a", "/srv/../x", size),
+            "profiles/x.toml:11: [[state]] a: mount \"/srv/../x\" is not a normalised path",
+            "without `//`",
+        ),
+        (
+            state("a", "/", size),
+            "profiles/x.toml:11: [[state]] a: mount \"/\" is the root directory",
+            "a directory of its own",
+        ),
+        (
+            state("a", "/etc/app", size),
+            "profiles/x.toml:11: [[state]] a: mount \"/etc/app\" is under /etc",
+            "outside /usr, /etc, /boot, /proc, /sys, /dev, /run",
+        ),
+        (
+            state("a", "/usr", size),
+            "profiles/x.toml:11: [[state]] a: mount \"/usr\" is under /usr",
+            "outside",
+        ),
+        (
+            state("a", "/srv/my data", size),
+            "profiles/x.toml:11: [[state]] a: mount \"/srv/my data\" holds ' '",
+            "letters, digits",
+        ),
+        (
+            state("a", "/srv", "device = \"/srv/disk\"\n"),
+            "profiles/x.toml:12: [[state]] a: device \"/srv/disk\" is not under /dev/",
+            "stable path",
+        ),
+        (
+            state("a", "/srv", "device = \"/dev/disk/by-id/$x\"\n"),
+            "profiles/x.toml:12: [[state]] a: device \"/dev/disk/by-id/$x\" holds '$'",
+            "device glob",
+        ),
+        (
+            state("a", "/srv", ""),
+            "profiles/x.toml:10: [[state]] a: has neither `device` nor `size`",
+            "size = \"20G\"",
+        ),
+        (
+            state("a", "/srv", "device = \"/dev/vdb\"\nsize = \"1G\"\n"),
+            "profiles/x.toml:13: [[state]] a: sets both `device` and `size`",
+            "remove one",
+        ),
+        (
+            state("a", "/srv", "size = \"100K\"\n"),
+            "profiles/x.toml:12: [[state]] a: size \"100K\" is not a whole number of MiB",
+            "\"256M\"",
+        ),
+        (
+            state("a", "/srv", "size = \"0\"\n"),
+            "profiles/x.toml:12: [[state]] a: size \"0\" is not a whole number of MiB",
+            "\"256M\"",
+        ),
+        (
+            state("a", "/srv", "size = \"1Q\"\n"),
+            "profiles/x.toml:12: `1Q` has an unknown unit; use K, M, G or T",
+            "sizes look like",
+        ),
+        (
+            format!("{}{}", state("a", "/srv", size), state("a", "/data", size)),
+            "profiles/x.toml:10: [[state]] a: is defined twice (a profile and one it extends?)",
+            "its own label",
+        ),
+        (
+            format!("{}{}", state("a", "/srv", size), state("b", "/data", size)),
+            "profiles/x.toml:14: [[state]] b: is a second state on the OS disk (a is the first)",
+            "give this one a `device`",
+        ),
+        (
+            format!(
+                "{}{}",
+                state("a", "/srv", size),
+                state("b", "/srv", "device = \"/dev/vdb\"\n")
+            ),
+            "profiles/x.toml:14: [[state]] b: mount \"/srv\" is also the mount of [[state]] a",
+            "its own directory",
+        ),
+        (
+            format!(
+                "{}{}",
+                state("a", "/srv", size),
+                state("b", "/srv/b", "device = \"/dev/vdb\"\n")
+            ),
+            "profiles/x.toml:14: [[state]] b: mount \"/srv/b\" and /srv, the mount of [[state]] a, are one inside the other",
+            "beside the others",
+        ),
+        (
+            state("a", "/srv", "size = \"1G\"\nbind = [\"var/x\"]\n"),
+            "profiles/x.toml:13: [[state]] a: bind \"var/x\" is not an absolute path",
+            "from the root",
+        ),
+        (
+            state("a", "/srv", "size = \"1G\"\nbind = [\"/\"]\n"),
+            "profiles/x.toml:13: [[state]] a: bind \"/\" is the root directory",
+            "a directory of its own",
+        ),
+        (
+            state("a", "/srv", "size = \"1G\"\nbind = [\"/run/x\"]\n"),
+            "profiles/x.toml:13: [[state]] a: bind \"/run/x\" is under /run",
+            "outside /usr, /proc, /sys, /dev, /run",
+        ),
+        (
+            state("a", "/srv", "size = \"1G\"\nbind = [\"/var/x//y\"]\n"),
+            "profiles/x.toml:13: [[state]] a: bind \"/var/x//y\" is not a normalised path",
+            "without `//`",
+        ),
+        (
+            state(
+                "a",
+                "/srv",
+                "size = \"1G\"\nbind = [\"/var/x\", \"/var/x\"]\n",
+            ),
+            "profiles/x.toml:13: [[state]] a: bind \"/var/x\" is listed twice",
+            "once",
+        ),
+        (
+            format!(
+                "{}{}",
+                state("a", "/srv", "size = \"1G\"\nbind = [\"/var/x\"]\n"),
+                state("b", "/data", "device = \"/dev/vdb\"\nbind = [\"/var/x\"]\n")
+            ),
+            "profiles/x.toml:15: [[state]] b: bind \"/var/x\" is also a bind of [[state]] a",
+            "one state only",
+        ),
+        (
+            state(
+                "a",
+                "/srv",
+                "size = \"1G\"\nbind = [\"/var/lib/docker\", \"/var/lib/docker/volumes\"]\n",
+            ),
+            "profiles/x.toml:10: [[state]] a: binds \"/var/lib/docker\" and \"/var/lib/docker/volumes\" are one inside the other",
+            "keep the outer one",
+        ),
+        (
+            state("a", "/srv", "size = \"1G\"\nbind = [\"/srv/x\"]\n"),
+            "profiles/x.toml:10: [[state]] a: bind \"/srv/x\" is inside /srv, the mount of [[state]] a",
+            "remove it from `bind`",
+        ),
+        (
+            format!(
+                "{}{}",
+                state("a", "/srv", "size = \"1G\"\nbind = [\"/data\"]\n"),
+                state("b", "/data/b", "device = \"/dev/vdb\"\n")
+            ),
+            "profiles/x.toml:10: [[state]] a: bind \"/data\" holds /data/b, the mount of [[state]] b",
+            "beside the mount",
+        ),
+        (
+            state("a", "/srv", "size = \"1G\"\nbinds = [\"/x\"]\n"),
+            "profiles/x.toml:13: unknown field `binds`, expected one of `label`, `mount`, `device`, `size`, `bind`",
+            "spelling",
+        ),
+    ];
+    for (states, want, hint) in cases {
+        let (msg, hints) = state_error(&states);
+        assert_eq!(msg, want, "for:\n{states}");
+        assert!(
+            hints.iter().any(|h| h.contains(hint)),
+            "{want}: hint {hint:?} not in {hints:?}"
+        );
+    }
+}

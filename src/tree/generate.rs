@@ -14,6 +14,9 @@ pub struct Generated<'a> {
     pub esp_partuuid: &'a str,
     /// SSH host key types generated on first boot.
     pub ssh_host_keys: &'a [HostKeyType],
+    /// Grow the root partition over the free space after it on first boot: not when a
+    /// state partition is made there (see [`super::state`]).
+    pub grow_root: bool,
 }
 
 /// Writes /etc/hostname, IMAGE_ID/IMAGE_VERSION into os-release, /etc/fstab, first-boot
@@ -50,15 +53,24 @@ pub fn generate(tree: &mut Tree, g: &Generated<'_>, epoch: i64) -> Result<()> {
     ssh_host_keys_on_first_boot(tree, epoch, g.ssh_host_keys);
     sshd_starts_once(tree, epoch)?;
     mark_updated(tree, epoch);
-    // On a disk larger than the image, systemd-repart grows the root partition (the last
-    // one) and x-systemd.growfs in fstab grows the filesystem, on first boot.
-    let repart = "# written by imagebuild: grow the root partition to fill the disk\n[Partition]\nType=root\n";
-    tree.insert(
-        "usr/lib/repart.d/50-root.conf",
-        Entry::file(repart.as_bytes().to_vec(), 0o644, epoch),
-    );
+    if g.grow_root {
+        grow_root_on_first_boot(tree, epoch);
+    }
     Ok(())
 }
+
+/// On a disk larger than the image, systemd-repart grows the root partition (the last
+/// one) and x-systemd.growfs in fstab grows the filesystem, on first boot.
+fn grow_root_on_first_boot(tree: &mut Tree, epoch: i64) {
+    let repart = "# written by imagebuild: grow the root partition to fill the disk\n[Partition]\nType=root\n";
+    tree.insert(
+        ROOT_REPART_CONF,
+        Entry::file(repart.as_bytes().to_vec(), 0o644, epoch),
+    );
+}
+
+/// The systemd-repart definition that grows the root.
+pub const ROOT_REPART_CONF: &str = "usr/lib/repart.d/50-root.conf";
 
 fn write_os_release(tree: &mut Tree, g: &Generated<'_>, epoch: i64) -> Result<()> {
     let target = tree

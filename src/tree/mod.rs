@@ -6,6 +6,7 @@ mod elf;
 pub mod generate;
 mod overlay;
 pub mod services;
+pub mod state;
 mod tario;
 pub mod users;
 

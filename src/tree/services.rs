@@ -15,7 +15,7 @@ use crate::error::UserError;
 use crate::profile::{Located, ServicesSpec};
 
 const CONFIG_DIR: &str = "etc/systemd/system";
-const UNIT_DIRS: &[&str] = &[
+pub(crate) const UNIT_DIRS: &[&str] = &[
     "etc/systemd/system",
     "usr/local/lib/systemd/system",
     "usr/lib/systemd/system",

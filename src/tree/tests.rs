@@ -165,6 +165,7 @@ fn identity() -> Generated<'static> {
         root_partuuid: "r-uuid",
         esp_partuuid: "e-uuid",
         ssh_host_keys: &crate::profile::schema::HostKeyType::ALL,
+        grow_root: true,
     }
 }
 

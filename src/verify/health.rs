@@ -61,6 +61,14 @@ pub enum CheckKind {
         project: String,
         services: Vec<(String, bool)>,
     },
+    /// `mount` is mounted from the filesystem labelled `label`, and each of `binds` is a
+    /// mount of `mount`/PATH from that filesystem (from `[[state]]`, not from
+    /// `[[verify.check]]`).
+    State {
+        label: String,
+        mount: String,
+        binds: Vec<String>,
+    },
 }
 
 /// A plain `http://host[:port][/path]` URL, split for bash's `/dev/tcp`.
@@ -227,6 +235,7 @@ impl Check {
             CheckKind::Command(command) => format!("command {command}"),
             CheckKind::Http { url, status } => format!("http {url} {status}"),
             CheckKind::Stack { project, .. } => format!("stack {project}"),
+            CheckKind::State { label, .. } => format!("state {label}"),
         }
     }
 
@@ -258,6 +267,18 @@ impl Check {
                     sh_quote(project),
                     specs.join(" ")
                 )
+            }
+            CheckKind::State {
+                label: fs_label,
+                mount,
+                binds,
+            } => {
+                let args: Vec<String> = [fs_label, mount]
+                    .into_iter()
+                    .chain(binds)
+                    .map(|a| sh_quote(a))
+                    .collect();
+                format!("check_state {label} {}", args.join(" "))
             }
         }
     }

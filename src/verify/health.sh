@@ -14,6 +14,7 @@
 #   IMAGEBUILD_SETTLE_TIMEOUT  seconds to wait for other jobs (default: 100)
 #   IMAGEBUILD_DOCKER          docker to call (default: docker)
 #   IMAGEBUILD_STACK_TIMEOUT   seconds a stack may take to become ready (default: 60)
+#   IMAGEBUILD_FINDMNT         findmnt to call (default: findmnt)
 set -u -f
 export LC_ALL=C
 SYSTEMCTL=${IMAGEBUILD_SYSTEMCTL:-systemctl}
@@ -22,6 +23,7 @@ CONSOLE=${IMAGEBUILD_CONSOLE-/dev/console}
 SETTLE_TIMEOUT=${IMAGEBUILD_SETTLE_TIMEOUT:-100}
 DOCKER=${IMAGEBUILD_DOCKER:-docker}
 STACK_TIMEOUT=${IMAGEBUILD_STACK_TIMEOUT:-60}
+FINDMNT=${IMAGEBUILD_FINDMNT:-findmnt}
 SELF=imagebuild-health.service
 # At most this many names per list, each cut to NAME_MAX bytes: keeps the line short.
 MAX_NAMES=6
@@ -221,6 +223,41 @@ check_stack() {
 		sleep 2
 	done
 	report "$label" false "$problems"
+}
+
+# mount_of PATH COLUMNS: findmnt's COLUMNS of the mount on PATH (the topmost one), or nothing.
+mount_of() {
+	"$FINDMNT" -n -o "$2" --mountpoint "$1" 2>/dev/null | tail -n 1
+}
+
+# check_state LABEL_JSON FSLABEL MOUNT BIND...: MOUNT is mounted from the filesystem
+# labelled FSLABEL, and each BIND is a mount of MOUNT/BIND: the same filesystem, at BIND
+# inside it.
+check_state() {
+	local label=$1 fslabel=$2 mount=$3 dev got bind bdev broot problems=""
+	shift 3
+	read -r dev got <<<"$(mount_of "$mount" MAJ:MIN,LABEL)"
+	if [ -z "$dev" ]; then
+		report "$label" false "$mount is not mounted"
+		return
+	fi
+	if [ "$got" != "$fslabel" ]; then
+		report "$label" false "$mount is mounted from label ${got:-none}"
+		return
+	fi
+	for bind in "$@"; do
+		read -r bdev broot <<<"$(mount_of "$bind" MAJ:MIN,FSROOT)"
+		if [ -z "$bdev" ]; then
+			problems+="$bind: not a mount, "
+		elif [ "$bdev" != "$dev" ] || [ "$broot" != "$bind" ]; then
+			problems+="$bind: $broot of $bdev, "
+		fi
+	done
+	if [ -n "$problems" ]; then
+		report "$label" false "${problems%, }"
+	else
+		report "$label" true "$mount from $fslabel, $# binds"
+	fi
 }
 
 # health_line CHECKS_JSON: the report line.

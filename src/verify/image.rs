@@ -23,8 +23,6 @@ pub struct Request {
     pub accel: Accel,
     pub timeout: Option<Duration>,
     pub memory_mib: Option<u32>,
-    /// More disks for the guest, writable (see `VerifyOptions::disks`).
-    pub disks: Vec<PathBuf>,
     /// Console log; default `<image>.console.log` next to the image.
     pub log: Option<PathBuf>,
     /// Echo the console to stderr.
@@ -34,6 +32,10 @@ pub struct Request {
     pub cache: Option<PathBuf>,
     /// The Debian mirror to fetch the release's firmware from; None: the host's apt mirror.
     pub mirror: Option<String>,
+    /// More disks, writable, after the image (serials imagebuild-disk1, ...).
+    pub disks: Vec<PathBuf>,
+    /// Let the guest write to the image file instead of a snapshot.
+    pub writable: bool,
 }
 
 impl Default for Request {
@@ -42,11 +44,12 @@ impl Default for Request {
             accel: Accel::Auto,
             timeout: None,
             memory_mib: None,
-            disks: Vec::new(),
             log: None,
             echo: false,
             cache: None,
             mirror: None,
+            disks: Vec::new(),
+            writable: false,
         }
     }
 }
@@ -222,6 +225,7 @@ pub fn verify_image(host: &Host, project: &Project, image: &Path, req: &Request)
         opts.memory_mib = m;
     }
     opts.disks.clone_from(&req.disks);
+    opts.writable = req.writable;
     let osr = os_release(image)?;
     opts.firmware = Some(firmware_for(
         host,

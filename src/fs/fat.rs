@@ -126,22 +126,32 @@ pub fn put_files<D: Read + Write + Seek>(
     fix_dot_entries(&mut esp).context("fixing the ESP's . and .. entries")
 }
 
-/// The names of the regular files in directory `dir` of the FAT filesystem in `esp`, in
-/// directory order; empty when there is no such directory. Never writes.
-pub fn list_dir<D: Read + Write + Seek>(mut esp: D, dir: &str) -> Result<Vec<String>> {
+/// A regular file in an ESP directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirFile {
+    pub name: String,
+    pub size: u64,
+}
+
+/// The regular files in directory `dir` of the FAT filesystem in `esp`, in directory
+/// order; empty when there is no such directory. Never writes.
+pub fn list_dir<D: Read + Write + Seek>(mut esp: D, dir: &str) -> Result<Vec<DirFile>> {
     let fs = mount(&mut esp, fatfs::FsOptions::new())?;
     let root = fs.root_dir();
     let Some(dir) = open_dir(&root, dir)? else {
         return Ok(Vec::new());
     };
-    let mut names = Vec::new();
+    let mut files = Vec::new();
     for entry in dir.iter() {
         let entry = entry.context("listing an ESP directory")?;
         if entry.is_file() {
-            names.push(entry.file_name());
+            files.push(DirFile {
+                name: entry.file_name(),
+                size: entry.len(),
+            });
         }
     }
-    Ok(names)
+    Ok(files)
 }
 
 /// The FAT filesystem in `esp` (fatfs wants the stream at its start).
@@ -936,7 +946,14 @@ mod tests {
         put(&file, &[one("EFI/x.d/Name.cred", b"two")]).unwrap();
         put(&file, &[one("EFI/x.d/NAME.cred", b"three")]).unwrap();
         let range = FileRange::new(&file, OFFSET, SIZE).unwrap();
-        assert_eq!(list_dir(range, "EFI/x.d").unwrap(), ["NAME.cred"]);
+        let listed = list_dir(range, "EFI/x.d").unwrap();
+        assert_eq!(
+            listed,
+            [DirFile {
+                name: "NAME.cred".into(),
+                size: 5
+            }]
+        );
         let files = read_esp(&file, OFFSET, SIZE).unwrap();
         let got = files
             .iter()
@@ -980,8 +997,15 @@ mod tests {
         let temp = Temp::new("list");
         let file = fresh(&temp);
         let range = || FileRange::read_only(&file, OFFSET, SIZE).unwrap();
-        assert_eq!(list_dir(range(), "efi/boot").unwrap(), ["BOOTX64.EFI"]);
-        assert_eq!(list_dir(range(), "").unwrap(), ["startup.nsh"]);
+        let names = |dir: &str| -> Vec<String> {
+            list_dir(range(), dir)
+                .unwrap()
+                .into_iter()
+                .map(|f| f.name)
+                .collect()
+        };
+        assert_eq!(names("efi/boot"), ["BOOTX64.EFI"]);
+        assert_eq!(names(""), ["startup.nsh"]);
         assert!(list_dir(range(), "EFI/none").unwrap().is_empty());
     }
 

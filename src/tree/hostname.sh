@@ -11,24 +11,39 @@
 set -eu
 etc=${IMAGEBUILD_ETC_HOSTNAME:-/etc/hostname}
 kernel=${IMAGEBUILD_KERNEL_HOSTNAME:-/proc/sys/kernel/hostname}
-name=$(cat "$CREDENTIALS_DIRECTORY/system.hostname")
 
 # RFC 1123, as imagebuild checks it when it writes the credential: labels of 1-63
 # characters a-z, 0-9 and '-' (not first or last), joined by '.', at most 64 in all.
-label='[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?'
+# Shell builtins only: this runs before sysinit.target, where every fork counts.
 valid() {
 	case "$1" in
-	'' | *[!a-z0-9.-]*) return 1 ;;
+	'' | *[!a-z0-9.-]* | .* | *. | *..* | -* | *- | *.-* | *-.*) return 1 ;;
 	esac
-	[ "${#1}" -le 64 ] && printf '%s\n' "$1" | grep -Eqx "$label(\\.$label)*"
+	[ "${#1}" -le 64 ] || return 1
+	set -f
+	IFS=.
+	for label in $1; do
+		[ "${#label}" -le 63 ] || return 1
+	done
+	IFS=' 	
+'
 }
-if ! valid "$name"; then
+
+# One line, its newline optional; a second line (even an empty one) makes it invalid.
+name= more=
+{
+	IFS= read -r name || true
+	IFS= read -r more && more=yes || true
+} <"$CREDENTIALS_DIRECTORY/system.hostname"
+if [ -n "$more" ] || ! valid "$name"; then
 	echo "imagebuild-hostname: the system.hostname credential is not a valid host name" >&2
 	exit 1
 fi
 
 # /etc/hostname is replaced only when it differs, so a machine's later boots write nothing.
-if [ "$(cat "$etc" 2>/dev/null || true)" != "$name" ]; then
+current=
+IFS= read -r current 2>/dev/null <"$etc" || true
+if [ "$current" != "$name" ]; then
 	printf '%s\n' "$name" >"$etc.imagebuild-new"
 	mv -f "$etc.imagebuild-new" "$etc"
 fi

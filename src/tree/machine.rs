@@ -169,6 +169,13 @@ mod tests {
             "web-",
             "a..b",
             "a\nb",
+            "web-3\n\n",
+            " web-3",
+            "web-3 ",
+            ".web",
+            "web.",
+            "a.-b",
+            "a-.b",
             &"a".repeat(65),
             &"a".repeat(64),
         ] {

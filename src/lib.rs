@@ -17,6 +17,7 @@ pub mod host;
 pub mod ids;
 pub mod inspect;
 pub mod lock;
+pub mod machine;
 pub mod output;
 pub mod profile;
 pub mod progress;

@@ -282,6 +282,34 @@ fn image_and_version_are_escaped() {
 }
 
 #[test]
+fn the_hostname_is_the_kernels_when_the_report_is_made() {
+    let run = Harness::new().run("prod", &[]);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(run.report.hostname.as_deref(), Some(kernel.trim_end()));
+    assert!(
+        run.stdout.starts_with(
+            "IMAGEBUILD-HEALTH {\"image\":\"prod\",\"version\":\"2026.11.1\",\"hostname\":"
+        ),
+        "{}",
+        run.stdout
+    );
+    let mut harness = Harness::new();
+    let file = harness.path("hostname");
+    std::fs::write(&file, "web-3\n").unwrap();
+    harness.set("IMAGEBUILD_HOSTNAME_FILE", file.to_str().unwrap());
+    assert_eq!(
+        harness.run("prod", &[]).report.hostname.as_deref(),
+        Some("web-3")
+    );
+    // Unreadable: reported empty, and the report is still made.
+    let mut harness = Harness::new();
+    harness.set("IMAGEBUILD_HOSTNAME_FILE", "/nonexistent");
+    let run = harness.run("prod", &[]);
+    assert_eq!(run.report.hostname.as_deref(), Some(""));
+    assert!(run.healthy);
+}
+
+#[test]
 fn pending_jobs_are_reported_after_the_settle_timeout() {
     let mut harness = Harness::new();
     harness.set("IMAGEBUILD_SETTLE_TIMEOUT", "1");

@@ -159,6 +159,29 @@ wait_for_root() {
 	done
 }
 
+# systemd-stub packs the ESP's <UKI>.extra.d/*.cred (what `imagebuild flash` writes) and
+# \loader\credentials\*.cred into $1/credentials/ and $1/global_credentials/. systemd
+# (>= 254) imports what an initrd leaves in $2 (/run/credentials/@initrd) as system
+# credentials once it runs in the root. A systemd initrd would take the ESP's files as
+# encrypted (untrusted) credentials; these images have no Secure Boot and whoever can
+# write the ESP can replace the UKI too, so here they are plain values. The UKI's own
+# credential wins over a global one of the same name, as in systemd.
+import_credentials() {
+	names=
+	for cred in "$1"/credentials/*.cred "$1"/global_credentials/*.cred; do
+		[ -f "$cred" ] || continue
+		name=${cred##*/}
+		name=${name%.cred}
+		[ -e "$2/$name" ] && continue
+		if mkdir -p -m 0700 "$2" && cat "$cred" >"$2/$name" && chmod 0400 "$2/$name"; then
+			names="$names $name"
+		else
+			msg "credential $name could not be copied to $2 (ignored)"
+		fi
+	done
+	[ -z "$names" ] || msg "credentials from the ESP:$names"
+}
+
 switch_to_root() {
 	mount -t "$rootfstype" -o "$mode${rootflags:+,$rootflags}" "$dev" /newroot ||
 		fail "mounting $root ($dev) on /newroot failed"
@@ -181,6 +204,7 @@ parse_cmdline
 [ -n "$root" ] || fail "no root= on the kernel command line"
 load_modules
 wait_for_root
+import_credentials /.extra /run/credentials/@initrd
 msg "mounting $root ($dev) on /newroot"
 switch_to_root
 fail "switch_root to $init failed"

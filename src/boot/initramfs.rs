@@ -35,15 +35,17 @@ const CONF_PATH: &str = "etc/imagebuild-initramfs.conf";
 const MODULES_PATH: &str = "etc/imagebuild-initramfs.modules";
 
 /// The busybox applets /init calls, linked in /bin.
-const APPLETS: [&str; 20] = [
+const APPLETS: [&str; 22] = [
     "[",
     "cat",
+    "chmod",
     "cttyhack",
     "echo",
     "findfs",
     "grep",
     "insmod",
     "ls",
+    "mkdir",
     "mount",
     "od",
     "poweroff",
@@ -483,6 +485,83 @@ mod tests {
         // It never appears: every driver is tried.
         let (loaded, _) = load_modules_with(&list, Some("none.ko"));
         assert_eq!(loaded, list);
+    }
+
+    /// Runs the init script's `import_credentials` on `extra` (the stub's /.extra) into
+    /// `extra/../run`; returns what it printed.
+    fn import_credentials_in(extra: &std::path::Path) -> String {
+        let functions = INIT_SCRIPT
+            .split(&format!(". /{CONF_PATH}\n"))
+            .next()
+            .unwrap();
+        let run = extra.parent().unwrap().join("run");
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("{functions}import_credentials \"$1\" \"$2\"\n"),
+            ])
+            .args([
+                "sh",
+                &extra.display().to_string(),
+                &run.display().to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn credentials_from_the_esp_go_to_run_credentials_initrd() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let extra = dir.path().join(".extra");
+        let write = |path: &str, data: &str| {
+            let p = extra.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, data).unwrap();
+        };
+        write("credentials/system.hostname.cred", "web-3");
+        write("credentials/with space.cred", "x y\n");
+        write("credentials/both.cred", "the UKI's own");
+        write("credentials/notes.txt", "not a credential");
+        write("global_credentials/both.cred", "global");
+        write("global_credentials/global.only.cred", "g");
+        let printed = import_credentials_in(&extra);
+        assert_eq!(
+            printed,
+            "imagebuild-initramfs: credentials from the ESP: both system.hostname with space global.only\n"
+        );
+        let run = dir.path().join("run");
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&run), 0o700);
+        let mut names: Vec<String> = std::fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["both", "global.only", "system.hostname", "with space"]
+        );
+        for (name, value) in [
+            ("both", "the UKI's own"),
+            ("global.only", "g"),
+            ("system.hostname", "web-3"),
+            ("with space", "x y\n"),
+        ] {
+            let p = run.join(name);
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), value, "{name}");
+            assert_eq!(mode(&p), 0o400, "{name}");
+        }
+    }
+
+    #[test]
+    fn no_credentials_leave_no_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(import_credentials_in(&dir.path().join(".extra")), "");
+        assert!(!dir.path().join("run").exists());
     }
 
     #[test]

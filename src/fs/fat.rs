@@ -9,13 +9,16 @@
 //!   with `.` and `..` (pointing at 0 for the root), followed by the other entries in order.
 //!
 //! Everything `fatfs` would pick by itself (cluster size, volume id, geometry, clock) is pinned,
-//! so the same inputs always give the same bytes.
+//! so the same inputs always give the same bytes. `put_files` adds files to an ESP made
+//! earlier (the credentials `imagebuild flash` writes), with the same fixes and no clock.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 
 use anyhow::{Context, Result, bail, ensure};
+
+use super::range::FileRange;
 
 /// One file to put on the ESP; `path` uses '/' and no leading slash, e.g. "EFI/BOOT/BOOTX64.EFI".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,8 +76,8 @@ pub fn write_esp(
     let cluster_size = cluster_size_for(size)?;
     let label = volume_label(label)?;
     let files = sorted_files(files)?;
-    let mut region = Region::new(disk, offset, size, true)?;
-    zero(&region).context("zeroing the ESP region")?;
+    let mut region = FileRange::new(disk, offset, size)?;
+    zero(disk, offset, size).context("zeroing the ESP region")?;
     format(&mut region, size, cluster_size, volume_id, label)?;
     fill(&mut region, epoch, &files)?;
     fix_dot_entries(&mut region).context("fixing the ESP's . and .. entries")
@@ -83,13 +86,146 @@ pub fn write_esp(
 /// Lists the regular files of a FAT filesystem at `offset`/`size` of `disk`, sorted by path,
 /// with their contents. Never writes to `disk`.
 pub fn read_esp(disk: &File, offset: u64, size: u64) -> Result<Vec<EspFile>> {
-    let region = Region::new(disk, offset, size, false)?;
+    let region = FileRange::read_only(disk, offset, size)?;
     let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new())
         .context("opening the FAT filesystem")?;
     let mut files = Vec::new();
     read_dir(&fs.root_dir(), "", 0, &mut files)?;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// Writes `files` into the FAT filesystem that fills `esp` (one partition's bytes), keeping
+/// everything else on it: parent directories are made as needed, a file of the same name
+/// (FAT ignores case) is replaced, and one that already holds the same bytes under the same
+/// name is left alone. New entries get the modification time of the existing file
+/// `stamp_like` (e.g. the UKI, which `write_esp` stamped with the build's epoch), never the
+/// clock, so the same filesystem and files always give the same bytes; the `.` and `..`
+/// entries of new directories are fixed as `write_esp` fixes them.
+pub fn put_files<D: Read + Write + Seek>(
+    mut esp: D,
+    stamp_like: &str,
+    files: &[EspFile],
+) -> Result<()> {
+    let files = sorted_files(files)?;
+    let stamp = modified(&mut esp, stamp_like)?;
+    // OK: one small value per call (see `epoch_clock`).
+    let clock: &'static EpochClock = Box::leak(Box::new(EpochClock(stamp)));
+    let options = fatfs::FsOptions::new()
+        .update_accessed_date(false)
+        .time_provider(clock);
+    let fs = mount(&mut esp, options)?;
+    // Makes fatfs keep FSInfo's free count right (it counts when the count is unknown).
+    fs.stats().context("counting the free clusters")?;
+    let root = fs.root_dir();
+    for f in files {
+        replace_file(&root, f).with_context(|| format!("writing {} to the ESP", f.path))?;
+    }
+    drop(root);
+    fs.unmount().context("unmounting the ESP")?;
+    fix_dot_entries(&mut esp).context("fixing the ESP's . and .. entries")
+}
+
+/// A regular file in an ESP directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirFile {
+    pub name: String,
+    pub size: u64,
+}
+
+/// The regular files in directory `dir` of the FAT filesystem in `esp`, in directory
+/// order; empty when there is no such directory. Never writes.
+pub fn list_dir<D: Read + Write + Seek>(mut esp: D, dir: &str) -> Result<Vec<DirFile>> {
+    let fs = mount(&mut esp, fatfs::FsOptions::new())?;
+    let root = fs.root_dir();
+    let Some(dir) = open_dir(&root, dir)? else {
+        return Ok(Vec::new());
+    };
+    let mut files = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry.context("listing an ESP directory")?;
+        if entry.is_file() {
+            files.push(DirFile {
+                name: entry.file_name(),
+                size: entry.len(),
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// The FAT filesystem in `esp` (fatfs wants the stream at its start).
+fn mount<D: Read + Write + Seek>(
+    esp: &mut D,
+    options: fatfs::FsOptions,
+) -> Result<fatfs::FileSystem<&mut D>> {
+    esp.seek(SeekFrom::Start(0))?;
+    fatfs::FileSystem::new(esp, options).context("opening the FAT filesystem")
+}
+
+/// The directory at `path` ("" for the root), or None when a component is missing.
+fn open_dir<'a, T: fatfs::ReadWriteSeek>(
+    root: &fatfs::Dir<'a, T>,
+    path: &str,
+) -> Result<Option<fatfs::Dir<'a, T>>> {
+    let mut dir = root.clone();
+    for component in path.split('/').filter(|c| !c.is_empty()) {
+        match find(&dir, component)? {
+            Some(e) if e.is_dir() => dir = e.to_dir(),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(dir))
+}
+
+/// The entry of `dir` named `name`, compared as FAT does (ignoring case).
+fn find<'a, T: fatfs::ReadWriteSeek>(
+    dir: &fatfs::Dir<'a, T>,
+    name: &str,
+) -> Result<Option<fatfs::DirEntry<'a, T>>> {
+    for entry in dir.iter() {
+        let entry = entry.context("listing an ESP directory")?;
+        if entry.file_name().to_uppercase() == name.to_uppercase() {
+            return Ok(Some(entry));
+        }
+    }
+    Ok(None)
+}
+
+/// The modification time of the file at `path`.
+fn modified<D: Read + Write + Seek>(esp: &mut D, path: &str) -> Result<fatfs::DateTime> {
+    let fs = mount(esp, fatfs::FsOptions::new())?;
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let root = fs.root_dir();
+    let entry = match open_dir(&root, dir)? {
+        Some(d) => find(&d, name)?.filter(fatfs::DirEntry::is_file),
+        None => None,
+    };
+    let entry = entry.with_context(|| format!("the ESP has no file {path}"))?;
+    Ok(entry.modified())
+}
+
+/// Creates `file`'s parent directories, and the file unless it is there with these bytes
+/// under this very name; a file of the same name otherwise is removed first.
+fn replace_file<T: fatfs::ReadWriteSeek>(root: &fatfs::Dir<T>, file: &EspFile) -> Result<()> {
+    let (parents, name) = file.path.rsplit_once('/').unwrap_or(("", &file.path));
+    let mut dir = root.clone();
+    for component in parents.split('/').filter(|c| !c.is_empty()) {
+        dir = dir.create_dir(component)?;
+    }
+    if let Some(old) = find(&dir, name)? {
+        ensure!(old.is_file(), "{} is a directory on the ESP", file.path);
+        let mut data = Vec::new();
+        old.to_file().read_to_end(&mut data)?;
+        if old.file_name() == name && data == file.data {
+            return Ok(());
+        }
+        dir.remove(&old.file_name())?;
+    }
+    let mut out = dir.create_file(name)?;
+    out.write_all(&file.data)?;
+    out.flush()?;
+    Ok(())
 }
 
 /// Picks the largest cluster size that gives `size` a valid FAT32, or explains why none does.
@@ -163,20 +299,20 @@ fn sorted_files(files: &[EspFile]) -> Result<Vec<&EspFile>> {
     Ok(sorted)
 }
 
-/// Zeroes the region, skipping chunks that already read as zero (keeps sparse files sparse).
-fn zero(region: &Region) -> io::Result<()> {
+/// Zeroes `size` bytes at `offset` of `disk`, skipping chunks that already read as zero
+/// (keeps sparse files sparse).
+fn zero(disk: &File, offset: u64, size: u64) -> io::Result<()> {
     const CHUNK: u64 = 1 << 20;
     let zeros = vec![0u8; CHUNK as usize];
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = 0;
-    while pos < region.size {
+    while pos < size {
         // OK to unwrap: the value is at most CHUNK.
-        let len = usize::try_from(CHUNK.min(region.size - pos)).unwrap();
-        let at = region.offset + pos;
-        let is_zero =
-            region.file.read_exact_at(&mut buf[..len], at).is_ok() && buf[..len] == zeros[..len];
+        let len = usize::try_from(CHUNK.min(size - pos)).unwrap();
+        let at = offset + pos;
+        let is_zero = disk.read_exact_at(&mut buf[..len], at).is_ok() && buf[..len] == zeros[..len];
         if !is_zero {
-            region.file.write_all_at(&zeros[..len], at)?;
+            disk.write_all_at(&zeros[..len], at)?;
         }
         pos += len as u64;
     }
@@ -185,7 +321,7 @@ fn zero(region: &Region) -> io::Result<()> {
 
 /// Formats the region as FAT32, pinning every option `fatfs` would otherwise default.
 fn format(
-    region: &mut Region,
+    region: &mut FileRange,
     size: u64,
     cluster_size: u32,
     volume_id: u32,
@@ -206,14 +342,14 @@ fn format(
     if let Some(label) = label {
         options = options.volume_label(label);
     }
-    region.pos = 0;
+    region.seek(SeekFrom::Start(0))?;
     fatfs::format_volume(&mut *region, options).context("formatting the ESP as FAT32")?;
-    region.pos = 0;
+    region.seek(SeekFrom::Start(0))?;
     Ok(())
 }
 
 /// Mounts the fresh filesystem, writes `files` and unmounts.
-fn fill(region: &mut Region, epoch: i64, files: &[&EspFile]) -> Result<()> {
+fn fill(region: &mut FileRange, epoch: i64, files: &[&EspFile]) -> Result<()> {
     let options = fatfs::FsOptions::new()
         .update_accessed_date(false)
         .time_provider(epoch_clock(epoch));
@@ -345,7 +481,7 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn read(region: &mut Region) -> Result<Self> {
+    fn read<D: Read + Seek>(region: &mut D) -> Result<Self> {
         let mut boot = [0u8; 512];
         read_at(region, 0, &mut boot).context("reading the boot sector")?;
         let u16_at = |i: usize| u64::from(u16::from_le_bytes([boot[i], boot[i + 1]]));
@@ -377,7 +513,7 @@ impl Geometry {
     }
 
     /// The clusters of the chain starting at `first`.
-    fn chain(&self, region: &mut Region, first: u32) -> Result<Vec<u32>> {
+    fn chain<D: Read + Seek>(&self, region: &mut D, first: u32) -> Result<Vec<u32>> {
         let mut chain = Vec::new();
         let mut cluster = first;
         while cluster < 0x0FFF_FFF8 {
@@ -398,7 +534,7 @@ impl Geometry {
     }
 
     /// The raw entries of the directory at `first`, and its clusters.
-    fn read_dir(&self, region: &mut Region, first: u32) -> Result<(Vec<u8>, Vec<u32>)> {
+    fn read_dir<D: Read + Seek>(&self, region: &mut D, first: u32) -> Result<(Vec<u8>, Vec<u32>)> {
         let chain = self.chain(region, first)?;
         let mut data = vec![0u8; chain.len() * self.cluster_size as usize];
         for (c, buf) in chain
@@ -410,7 +546,7 @@ impl Geometry {
         Ok((data, chain))
     }
 
-    fn write_dir(&self, region: &mut Region, chain: &[u32], data: &[u8]) -> Result<()> {
+    fn write_dir<D: Write + Seek>(&self, region: &mut D, chain: &[u32], data: &[u8]) -> Result<()> {
         for (c, buf) in chain.iter().zip(data.chunks(self.cluster_size as usize)) {
             region.seek(SeekFrom::Start(self.cluster_offset(*c)))?;
             region.write_all(buf)?;
@@ -421,15 +557,15 @@ impl Geometry {
 
 /// Rewrites every subdirectory to start with `.` and `..` (no LFN entries for them), with
 /// `..` pointing at 0 when the parent is the root, as `fsck.fat` and the FAT spec want.
-fn fix_dot_entries(region: &mut Region) -> Result<()> {
+fn fix_dot_entries<D: Read + Write + Seek>(region: &mut D) -> Result<()> {
     let geometry = Geometry::read(region)?;
     fix_dir(region, &geometry, geometry.root_cluster, None, 0)
 }
 
 /// Fixes the subdirectories of the directory at `cluster`, and that directory itself unless
 /// it is the root (`parent` is `None`); `parent` is `Some(0)` for first-level directories.
-fn fix_dir(
-    region: &mut Region,
+fn fix_dir<D: Read + Write + Seek>(
+    region: &mut D,
     geometry: &Geometry,
     cluster: u32,
     parent: Option<u32>,
@@ -506,91 +642,9 @@ fn dots_first(entries: &[&[u8]], cluster: u32, parent: u32, len: usize) -> Resul
     Ok(out)
 }
 
-fn read_at(region: &mut Region, at: u64, buf: &mut [u8]) -> io::Result<()> {
+fn read_at<D: Read + Seek>(region: &mut D, at: u64, buf: &mut [u8]) -> io::Result<()> {
     region.seek(SeekFrom::Start(at))?;
     region.read_exact(buf)
-}
-
-/// `size` bytes at `offset` of a file, with its own position (positioned I/O, so it never
-/// moves or depends on the file's shared cursor); refuses writes unless `writable`.
-struct Region<'a> {
-    file: &'a File,
-    offset: u64,
-    size: u64,
-    pos: u64,
-    writable: bool,
-}
-
-impl<'a> Region<'a> {
-    fn new(file: &'a File, offset: u64, size: u64, writable: bool) -> Result<Self> {
-        ensure!(
-            offset.checked_add(size).is_some(),
-            "ESP region at {offset} with {size} bytes overflows"
-        );
-        Ok(Region {
-            file,
-            offset,
-            size,
-            pos: 0,
-            writable,
-        })
-    }
-
-    /// How many of `want` bytes fit between the position and the end of the region.
-    fn room(&self, want: usize) -> usize {
-        usize::try_from(self.size.saturating_sub(self.pos)).map_or(want, |left| left.min(want))
-    }
-}
-
-impl Read for Region<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.room(buf.len());
-        let read = self.file.read_at(&mut buf[..n], self.offset + self.pos)?;
-        self.pos += read as u64;
-        Ok(read)
-    }
-}
-
-impl Write for Region<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !self.writable {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "ESP region is read-only",
-            ));
-        }
-        let n = self.room(buf.len());
-        if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "write past the end of the ESP region",
-            ));
-        }
-        let written = self.file.write_at(&buf[..n], self.offset + self.pos)?;
-        self.pos += written as u64;
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Seek for Region<'_> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let (base, delta) = match to {
-            SeekFrom::Start(p) => (p, 0),
-            SeekFrom::Current(d) => (self.pos, d),
-            SeekFrom::End(d) => (self.size, d),
-        };
-        let invalid = || io::Error::new(io::ErrorKind::InvalidInput, "seek outside the ESP region");
-        let pos = base.checked_add_signed(delta).ok_or_else(invalid)?;
-        if pos > self.size {
-            return Err(invalid());
-        }
-        self.pos = pos;
-        Ok(pos)
-    }
 }
 
 #[cfg(test)]
@@ -820,6 +874,139 @@ mod tests {
                 "{label:?}"
             );
         }
+    }
+
+    /// A fresh ESP with the sample files in `temp`'s file.
+    fn fresh(temp: &Temp) -> File {
+        let file = temp.create(FILE_LEN, 0xAA);
+        write_esp(&file, OFFSET, SIZE, 7, "ESP", EPOCH, &sample_files()).unwrap();
+        file
+    }
+
+    fn put(file: &File, files: &[EspFile]) -> Result<()> {
+        let range = FileRange::new(file, OFFSET, SIZE).unwrap();
+        put_files(range, "EFI/BOOT/BOOTX64.EFI", files)
+    }
+
+    fn one(path: &str, data: &[u8]) -> EspFile {
+        EspFile {
+            path: path.into(),
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn put_files_adds_and_replaces_and_keeps_the_rest() {
+        let temp = Temp::new("put");
+        let file = fresh(&temp);
+        let added = one("EFI/BOOT/BOOTX64.EFI.extra.d/a.cred", b"1");
+        let replaced = one("EFI/debian/grub.cfg", b"new\n");
+        put(&file, &[added.clone(), replaced.clone()]).unwrap();
+        let mut want: Vec<EspFile> = sample_files()
+            .into_iter()
+            .filter(|f| f.path != replaced.path)
+            .chain([added, replaced.clone()])
+            .collect();
+        want.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(read_esp(&file, OFFSET, SIZE).unwrap(), want);
+        let image = std::fs::read(&temp.0).unwrap();
+        let summary = assert_fsck_clean(region_of(&image));
+        assert!(summary.contains(": 14 files, "), "{summary}");
+        assert!(
+            image[..OFFSET as usize].iter().all(|&b| b == 0xAA)
+                && image[(OFFSET + SIZE) as usize..].iter().all(|&b| b == 0xAA),
+            "bytes outside the region changed"
+        );
+    }
+
+    #[test]
+    fn put_files_is_deterministic_and_idempotent() {
+        let files = [
+            one("EFI/BOOT/BOOTX64.EFI.extra.d/b.cred", b"2"),
+            one("EFI/BOOT/BOOTX64.EFI.extra.d/a.cred", &noise(5000, 3)),
+        ];
+        let (ta, tb) = (Temp::new("det-a"), Temp::new("det-b"));
+        let (a, b) = (fresh(&ta), fresh(&tb));
+        put(&a, &files).unwrap();
+        put(&b, &files).unwrap();
+        let once = std::fs::read(&ta.0).unwrap();
+        assert!(once == std::fs::read(&tb.0).unwrap(), "two runs differ");
+        put(&a, &files).unwrap();
+        assert!(
+            once == std::fs::read(&ta.0).unwrap(),
+            "the same files again changed bytes"
+        );
+    }
+
+    #[test]
+    fn replacing_twice_leaves_one_file_named_as_last_given() {
+        let temp = Temp::new("twice");
+        let file = fresh(&temp);
+        put(&file, &[one("EFI/x.d/Name.cred", b"one")]).unwrap();
+        put(&file, &[one("EFI/x.d/Name.cred", b"two")]).unwrap();
+        put(&file, &[one("EFI/x.d/NAME.cred", b"three")]).unwrap();
+        let range = FileRange::new(&file, OFFSET, SIZE).unwrap();
+        let listed = list_dir(range, "EFI/x.d").unwrap();
+        assert_eq!(
+            listed,
+            [DirFile {
+                name: "NAME.cred".into(),
+                size: 5
+            }]
+        );
+        let files = read_esp(&file, OFFSET, SIZE).unwrap();
+        let got = files
+            .iter()
+            .find(|f| f.path == "EFI/x.d/NAME.cred")
+            .unwrap();
+        assert_eq!(got.data, b"three");
+        assert_fsck_clean(region_of(&std::fs::read(&temp.0).unwrap()));
+    }
+
+    #[test]
+    fn new_entries_take_the_stamp_of_the_given_file() {
+        let temp = Temp::new("stamp");
+        let file = fresh(&temp);
+        put(&file, &[one("EFI/BOOT/new.d/a.cred", b"1")]).unwrap();
+        let mut range = FileRange::new(&file, OFFSET, SIZE).unwrap();
+        let got = modified(&mut range, "EFI/BOOT/new.d/a.cred").unwrap();
+        let want = dos_date_time(EPOCH);
+        assert_eq!(
+            (got.date.year, got.date.month, got.date.day),
+            (2023, 11, 14)
+        );
+        assert_eq!(
+            (got.time.hour, got.time.min),
+            (want.time.hour, want.time.min)
+        );
+        let err = put_files(
+            FileRange::new(&file, OFFSET, SIZE).unwrap(),
+            "EFI/BOOT/MISSING.EFI",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the ESP has no file EFI/BOOT/MISSING.EFI"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn list_dir_names_files_only() {
+        let temp = Temp::new("list");
+        let file = fresh(&temp);
+        let range = || FileRange::read_only(&file, OFFSET, SIZE).unwrap();
+        let names = |dir: &str| -> Vec<String> {
+            list_dir(range(), dir)
+                .unwrap()
+                .into_iter()
+                .map(|f| f.name)
+                .collect()
+        };
+        assert_eq!(names("efi/boot"), ["BOOTX64.EFI"]);
+        assert_eq!(names(""), ["startup.nsh"]);
+        assert!(list_dir(range(), "EFI/none").unwrap().is_empty());
     }
 
     #[test]

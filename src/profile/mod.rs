@@ -372,14 +372,16 @@ impl Recipe {
             .map(|o| overlay_spec(project, &merged, o))
             .collect::<Result<_>>()?;
         let id = digest(&merged.table);
+        let hostname = p
+            .image
+            .hostname
+            .clone()
+            .unwrap_or_else(|| image_name.clone());
+        check_hostname(&merged, &p, &hostname)?;
         Ok(Recipe {
             profile: merged.name.clone(),
             id,
-            hostname: p
-                .image
-                .hostname
-                .clone()
-                .unwrap_or_else(|| image_name.clone()),
+            hostname,
             image_name,
             version,
             arch,
@@ -433,6 +435,31 @@ fn check_name(m: &Merged, key: &str, v: &str, example: &str) -> Result<()> {
             "set [image] {key} to a plain name, e.g. \"{example}\""
         ))
         .into())
+}
+
+/// The hostname lands in /etc/hostname and the kernel: an RFC 1123 name. Without
+/// `[image] hostname` it is the image name, and the error says so.
+fn check_hostname(m: &Merged, p: &ProfileFile, hostname: &str) -> Result<()> {
+    let Err(e) = crate::machine::Hostname::new(hostname) else {
+        return Ok(());
+    };
+    let err = if p.image.hostname.is_some() {
+        UserError::invalid(format!("{}: {e}", m.locate("hostname")))
+            .hint(crate::machine::HOSTNAME_HINT)
+    } else {
+        let at = match &p.image.name {
+            Some(name) => m.locate(&format!("\"{name}\"")),
+            None => m.locate("[image]"),
+        };
+        UserError::invalid(format!(
+            "{at}: the image name is the hostname when [image] hostname is not set, and {e}"
+        ))
+        .hint(format!(
+            "set [image] hostname; {}",
+            crate::machine::HOSTNAME_HINT
+        ))
+    };
+    Err(err.into())
 }
 
 fn parse_checks(m: &Merged, tables: &[Table]) -> Result<Vec<crate::verify::health::Check>> {

@@ -503,3 +503,48 @@ fn bad_states_name_file_line_and_the_fix() {
         );
     }
 }
+
+#[test]
+fn hostnames_must_be_rfc_1123_names() {
+    let with = |image: &str| BASE.replace("[image]\n", &format!("[image]\n{image}"));
+    let too_long = format!("hostname = \"{}\"\n", "a".repeat(300));
+    for (image, want) in [
+        (
+            "hostname = \"\"\n",
+            "profiles/x.toml:2: host name \"\" is not valid: it is empty",
+        ),
+        (
+            "hostname = \"web_3\"\n",
+            "profiles/x.toml:2: host name \"web_3\" is not valid: '_' is not one of a-z, 0-9, '-' and '.'",
+        ),
+        (&too_long, "profiles/x.toml:2: host name \"aaaa"),
+        (
+            "name = \"Prod\"\n",
+            "profiles/x.toml:2: the image name is the hostname when [image] hostname is not set, and host name \"Prod\" is not valid: 'P' is upper case; use lower case",
+        ),
+    ] {
+        let (_d, p) = project(&[("profiles/x.toml", &with(image))]);
+        let (msg, hints) = err(&p, "x");
+        assert!(msg.starts_with(want), "want {want}\ngot  {msg}");
+        assert!(
+            hints.last().unwrap().contains("labels of 1-63 characters"),
+            "{hints:?}"
+        );
+    }
+    let (_d, p) = project(&[("profiles/x.toml", &with(&too_long))]);
+    let (msg, _) = err(&p, "x");
+    assert!(
+        msg.ends_with("it has 300 characters, the kernel keeps at most 64"),
+        "{msg}"
+    );
+    let (_d, p) = project(&[("profiles/x.toml", &with("hostname = \"web-3.example\"\n"))]);
+    assert_eq!(Recipe::load(&p, "x").unwrap().hostname, "web-3.example");
+    // Without a name either, the profile's name is the image name and the hostname.
+    let (_d, p) = project(&[("profiles/web_1.toml", BASE)]);
+    let (msg, hints) = err(&p, "web_1");
+    assert!(
+        msg.starts_with("profiles/web_1.toml:1: the image name is the hostname"),
+        "{msg}"
+    );
+    assert!(hints[0].starts_with("set [image] hostname; "), "{hints:?}");
+}

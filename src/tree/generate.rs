@@ -19,9 +19,10 @@ pub struct Generated<'a> {
     pub grow_root: bool,
 }
 
-/// Writes /etc/hostname, IMAGE_ID/IMAGE_VERSION into os-release, /etc/fstab, first-boot
-/// machine-id, and removes what must not be shared by every machine flashed from the image
-/// (host files mmdebstrap copied in, SSH host keys, the random seed).
+/// Writes /etc/hostname (and the unit that lets a `system.hostname` credential override
+/// it), IMAGE_ID/IMAGE_VERSION into os-release, /etc/fstab, first-boot machine-id, and
+/// removes what must not be shared by every machine flashed from the image (host files
+/// mmdebstrap copied in, SSH host keys, the random seed).
 pub fn generate(tree: &mut Tree, g: &Generated<'_>, epoch: i64) -> Result<()> {
     tree.insert(
         "etc/hostname",
@@ -50,6 +51,7 @@ pub fn generate(tree: &mut Tree, g: &Generated<'_>, epoch: i64) -> Result<()> {
         g.root_partuuid, g.esp_partuuid
     );
     tree.insert("etc/fstab", Entry::file(fstab.into_bytes(), 0o644, epoch));
+    super::machine::hostname_from_credential(tree, epoch);
     ssh_host_keys_on_first_boot(tree, epoch, g.ssh_host_keys);
     sshd_starts_once(tree, epoch)?;
     mark_updated(tree, epoch);

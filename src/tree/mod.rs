@@ -4,6 +4,7 @@
 
 mod elf;
 pub mod generate;
+pub mod machine;
 mod overlay;
 pub mod services;
 pub mod state;

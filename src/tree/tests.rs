@@ -351,3 +351,22 @@ fn dpkg_status_lists_only_installed_packages() {
         "newest last"
     );
 }
+
+#[test]
+fn generate_adds_the_enabled_hostname_unit_and_its_script() {
+    use super::machine::{HOSTNAME_SCRIPT, HOSTNAME_UNIT, HOSTNAME_WANTS};
+    let (_d, mut t) = base_tree();
+    generate(&mut t, &identity(), 7).unwrap();
+    assert!(
+        matches!(&t.get(HOSTNAME_WANTS).unwrap().kind, Kind::Symlink(s) if *s == format!("/{HOSTNAME_UNIT}"))
+    );
+    assert_eq!(t.get(HOSTNAME_UNIT).unwrap().mode, 0o644);
+    assert_eq!(t.get(HOSTNAME_SCRIPT).unwrap().mode, 0o755);
+    let unit = String::from_utf8(t.read(HOSTNAME_UNIT).unwrap().unwrap()).unwrap();
+    assert!(
+        unit.contains(&format!("\nExecStart=/{HOSTNAME_SCRIPT}\n")),
+        "{unit}"
+    );
+    // The profile's hostname is still the image's.
+    assert_eq!(t.read("etc/hostname").unwrap().unwrap(), b"web1\n");
+}

@@ -7,7 +7,7 @@
 //! `/dev/console`:
 //!
 //! ```text
-//! IMAGEBUILD-HEALTH {"image":"prod","version":"2026.11.1","pending_jobs":[],"failed_units":[],
+//! IMAGEBUILD-HEALTH {"image":"prod","version":"2026.11.1","hostname":"prod","pending_jobs":[],"failed_units":[],
 //!   "checks":[{"check":"unit ssh.service","ok":true,"detail":"active"}]}
 //! ```
 //! (one line on the console). [`parse_health_line`] finds it anywhere in a console line, so
@@ -394,6 +394,10 @@ fn cut(text: &str, max: usize) -> String {
 pub struct HealthReport {
     pub image: String,
     pub version: String,
+    /// The kernel's hostname when the report was made (the profile's, or the machine's
+    /// `system.hostname` credential); None in the lines of images built before it was reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
     /// Units that still had a job when the script stopped waiting (100 s); normally empty.
     pub pending_jobs: Vec<String>,
     /// Failed units. Lists hold at most 6 names; a last entry `+N more` counts the rest.
@@ -591,6 +595,17 @@ mod tests {
     fn parses_a_report_followed_by_noise_and_skips_a_broken_first_prefix() {
         let line = r#"IMAGEBUILD-HEALTH garbage IMAGEBUILD-HEALTH {"image":"a","version":"1","pending_jobs":[],"failed_units":[],"checks":[]}[ 3.1] late"#;
         assert_eq!(parse_health_line(line).unwrap().image, "a");
+    }
+
+    #[test]
+    fn the_hostname_is_read_and_optional() {
+        let new = r#"IMAGEBUILD-HEALTH {"image":"a","version":"1","hostname":"web-3","pending_jobs":[],"failed_units":[],"checks":[]}"#;
+        assert_eq!(
+            parse_health_line(new).unwrap().hostname.as_deref(),
+            Some("web-3")
+        );
+        let old = r#"IMAGEBUILD-HEALTH {"image":"a","version":"1","pending_jobs":[],"failed_units":[],"checks":[]}"#;
+        assert_eq!(parse_health_line(old).unwrap().hostname, None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 # Run by imagebuild-health.service once per boot, after multi-user.target. Waits until no
 # other unit has a job, runs this image's checks and prints one line, to the journal (stdout)
 # and to /dev/console:
-#   IMAGEBUILD-HEALTH {"image":..,"version":..,"pending_jobs":[..],"failed_units":[..],"checks":[..]}
+#   IMAGEBUILD-HEALTH {"image":..,"version":..,"hostname":..,"pending_jobs":[..],"failed_units":[..],"checks":[..]}
 # Exits 0 when healthy (nothing pending, nothing failed, every check ok), 1 otherwise.
 #
 # Test hooks, unset on a real system:
@@ -15,6 +15,7 @@
 #   IMAGEBUILD_DOCKER          docker to call (default: docker)
 #   IMAGEBUILD_STACK_TIMEOUT   seconds a stack may take to become ready (default: 60)
 #   IMAGEBUILD_FINDMNT         findmnt to call (default: findmnt)
+#   IMAGEBUILD_HOSTNAME_FILE   file holding the kernel's hostname (default: /proc/sys/kernel/hostname)
 set -u -f
 export LC_ALL=C
 SYSTEMCTL=${IMAGEBUILD_SYSTEMCTL:-systemctl}
@@ -24,6 +25,7 @@ SETTLE_TIMEOUT=${IMAGEBUILD_SETTLE_TIMEOUT:-100}
 DOCKER=${IMAGEBUILD_DOCKER:-docker}
 STACK_TIMEOUT=${IMAGEBUILD_STACK_TIMEOUT:-60}
 FINDMNT=${IMAGEBUILD_FINDMNT:-findmnt}
+HOSTNAME_FILE=${IMAGEBUILD_HOSTNAME_FILE:-/proc/sys/kernel/hostname}
 SELF=imagebuild-health.service
 # At most this many names per list, each cut to NAME_MAX bytes: keeps the line short.
 MAX_NAMES=6
@@ -262,14 +264,17 @@ check_state() {
 
 # health_line CHECKS_JSON: the report line.
 health_line() {
-	printf 'IMAGEBUILD-HEALTH {"image":%s,"version":%s,"pending_jobs":%s,"failed_units":%s,"checks":[%s]}' \
-		"$IMAGE" "$VERSION" "$(json_list $PENDING)" "$(json_list $FAILED)" "$1"
+	printf 'IMAGEBUILD-HEALTH {"image":%s,"version":%s,"hostname":%s,"pending_jobs":%s,"failed_units":%s,"checks":[%s]}' \
+		"$IMAGE" "$VERSION" "$(json_str "$HOST")" "$(json_list $PENDING)" "$(json_list $FAILED)" "$1"
 }
 
 main() {
 	local line
 	settle
 	FAILED=$(failed_units)
+	# The kernel's hostname now (bash's $HOSTNAME is the one it had when bash started).
+	HOST=
+	read -r HOST <"$HOSTNAME_FILE" 2>/dev/null || true
 	[ -z "$PENDING" ] && [ -z "$FAILED" ] || HEALTHY=false
 	run_checks
 	explain_failed

@@ -449,6 +449,7 @@ mod tests {
         HealthReport {
             image: "prod".into(),
             version: "1".into(),
+            hostname: None,
             pending_jobs: Vec::new(),
             failed_units: failed_units.iter().map(|u| (*u).to_owned()).collect(),
             checks: checks

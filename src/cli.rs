@@ -198,6 +198,15 @@ pub enum Command {
         /// An option for ssh (as `ssh -o OPTION`), repeatable.
         #[arg(long = "ssh-option", value_name = "OPTION")]
         ssh_options: Vec<String>,
+        /// This machine's hostname (the system.hostname credential), set on the
+        /// target's ESP after the image is written and proven.
+        #[arg(long, value_name = "NAME")]
+        hostname: Option<String>,
+        /// A systemd credential for this machine: NAME=VALUE or NAME=@FILE
+        /// (repeatable); services read it with ImportCredential=NAME. Not secret:
+        /// anyone who can read the ESP can read it.
+        #[arg(long = "credential", value_name = "NAME=VALUE")]
+        credentials: Vec<String>,
         /// Print what was done as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -376,9 +385,19 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             expect_serial,
             dry_run,
             ssh_options,
+            hostname,
+            credentials,
             json,
         } => {
+            let mut creds = Vec::new();
+            if let Some(h) = hostname {
+                creds.push(crate::machine::hostname_credential(h)?);
+            }
+            for c in credentials {
+                creds.push(crate::machine::Credential::parse(c)?);
+            }
             let req = crate::flash::Request {
+                credentials: creds,
                 release: release.clone(),
                 target: target.clone(),
                 unverified: *unverified,

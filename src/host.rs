@@ -56,13 +56,15 @@ impl Host {
 
     /// Runs `cmd` to completion, returning its output; non-zero exit is an error.
     pub fn run(&self, cmd: &mut Command) -> Result<Output> {
+        self.run_with_stdin(cmd.stdin(Stdio::null()))
+    }
+
+    /// [`Host::run`] with the stdin the caller set on `cmd` (a file to read from).
+    pub fn run_with_stdin(&self, cmd: &mut Command) -> Result<Output> {
         hermetic(cmd);
         let line = command_line(cmd);
         self.note(&format!("+ {line}"));
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| spawn_error(cmd, &e))?;
+        let out = cmd.output().map_err(|e| spawn_error(cmd, &e))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         for l in stderr.lines() {
             self.note(&format!("  {l}"));

@@ -4,7 +4,6 @@
 //! (no network); loop devices are detached in every case.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -426,4 +425,78 @@ fn loop_devices_free_ones_are_written_and_mounted_ones_refused() {
         "{e}"
     );
     let _ = Command::new("umount").arg(&mnt).status();
+}
+
+#[test]
+fn machine_values_are_added_after_the_image_is_proven() {
+    let fx = Fixture::new();
+    // The synthetic base has no kernel: give its ESP a UKI-named file to sit beside.
+    let image = &fx.built.image;
+    let table = imagebuild::disk::read_table(&File::open(image).unwrap()).unwrap();
+    let esp = table
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == imagebuild::disk::ESP_TYPE)
+        .unwrap()
+        .clone();
+    let f = File::options().read(true).write(true).open(image).unwrap();
+    let uki = imagebuild::fs::fat::EspFile {
+        path: "EFI/BOOT/BOOTX64.EFI".into(),
+        data: b"MZ".to_vec(),
+    };
+    imagebuild::fs::fat::write_esp(&f, esp.start, esp.size, 7, "ESP", 1_767_225_600, &[uki])
+        .unwrap();
+    drop(f);
+    let loose = fx.path("loose.raw");
+    std::fs::copy(image, &loose).unwrap();
+    let target = fx.path("web3.img");
+    let req = Request {
+        release: loose.to_str().unwrap().into(),
+        target: target.to_str().unwrap().into(),
+        credentials: vec![
+            imagebuild::machine::hostname_credential("web-3").unwrap(),
+            imagebuild::machine::Credential::parse("app.token=abc").unwrap(),
+        ],
+        ..Request::default()
+    };
+    let f = flash::flash(
+        &Host::new(false),
+        &Project::new(fx.dir.path()),
+        &fx.path("out"),
+        &req,
+        &Answer(None),
+        &Silent,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let release = imagebuild::sparse::sha256(&File::open(&loose).unwrap()).unwrap();
+    assert_eq!(
+        f.read_back_sha256.as_deref(),
+        Some(release.as_str()),
+        "the image region was proven first"
+    );
+    assert_eq!(
+        f.added,
+        [
+            "EFI/BOOT/BOOTX64.EFI.extra.d/app.token.cred",
+            "EFI/BOOT/BOOTX64.EFI.extra.d/system.hostname.cred"
+        ]
+    );
+    let files = imagebuild::inspect::Image::open(&target)
+        .unwrap()
+        .esp_files()
+        .unwrap();
+    let hostname = files
+        .iter()
+        .find(|f| f.path.ends_with("system.hostname.cred"))
+        .unwrap();
+    assert_eq!(hostname.data, b"web-3");
+    // Only the ESP changed: everything before and after it is the image's.
+    let (a, b) = (
+        std::fs::read(&loose).unwrap(),
+        std::fs::read(&target).unwrap(),
+    );
+    let (s, e) = (esp.start as usize, (esp.start + esp.size) as usize);
+    assert_eq!(a[..s], b[..s]);
+    assert_eq!(a[e..], b[e..]);
+    assert_ne!(a[s..e], b[s..e]);
 }

@@ -248,7 +248,7 @@ pub fn parse_lsblk(text: &str) -> Result<BTreeMap<String, Listed>> {
 }
 
 /// Standard base64 (what coreutils' base64 prints), whitespace ignored.
-fn decode_base64(text: &str) -> Result<Vec<u8>> {
+pub fn decode_base64(text: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut acc = 0u32;
     let mut bits = 0;

@@ -178,14 +178,12 @@ fn describe(facts: &Facts, given: &str, block: &Block, size: u64) -> Disk {
         .filter(|b| b.parent.as_deref() == Some(name))
         .map(|b| {
             let l = facts.listed.get(&b.name).cloned().unwrap_or_default();
-            let mut s = format!(
-                "{} {}",
-                l.path
-                    .is_empty()
-                    .then(|| format!("/dev/{}", b.name))
-                    .unwrap_or(l.path.clone()),
-                Bytes(b.size)
-            );
+            let path = if l.path.is_empty() {
+                format!("/dev/{}", b.name)
+            } else {
+                l.path.clone()
+            };
+            let mut s = format!("{path} {}", Bytes(b.size));
             for (k, v) in [
                 ("", &l.fstype),
                 ("label ", &l.label),

@@ -83,13 +83,6 @@ impl Local {
         lock(&file, path)?;
         Ok(Local { file, punch: true })
     }
-
-    /// The size of the file or disk.
-    pub fn len(&self) -> Result<u64> {
-        use std::io::Seek;
-        let mut f = &self.file;
-        Ok(f.seek(std::io::SeekFrom::End(0))?)
-    }
 }
 
 fn lock(file: &File, path: &Path) -> Result<()> {
@@ -244,6 +237,19 @@ pub fn read_back(plan: &Plan, path: &Path, progress: &mut dyn FnMut(u64)) -> Res
         bytes,
         direct: r.direct,
     })
+}
+
+/// The sha256 of `range` of the file or disk at `path`, read past the page cache.
+pub fn sha256_of(path: &Path, range: Range<u64>) -> Result<String> {
+    let mut r = Reader::open(path)?;
+    let mut h = Sha256::new();
+    let mut pos = range.start;
+    while pos < range.end {
+        let n = (range.end - pos).min(CHUNK as u64);
+        h.update(&r.read(pos..pos + n)?);
+        pos += n;
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 fn mismatch(what: &str) -> anyhow::Error {

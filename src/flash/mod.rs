@@ -15,6 +15,7 @@ pub mod guard;
 pub mod local;
 pub mod plan;
 pub mod remote;
+pub mod values;
 
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -50,6 +51,9 @@ pub struct Request {
     pub dry_run: bool,
     /// `-o` options for ssh.
     pub ssh_options: Vec<String>,
+    /// Per-machine values written next to the UKI after the image is proven
+    /// (`--hostname`, `--credential`).
+    pub credentials: Vec<crate::machine::Credential>,
 }
 
 /// Asks the person at the terminal; None when nobody can answer (no terminal).
@@ -82,6 +86,8 @@ pub struct Flashed {
     pub kept: Vec<String>,
     /// Why the GPT was left where the image has it on a larger target.
     pub note: Option<String>,
+    /// Per-machine values added on the ESP after the image was proven (ESP paths).
+    pub added: Vec<String>,
     pub timings: Timings,
 }
 
@@ -158,7 +164,7 @@ pub fn flash(
                     Bytes(src.len)
                 ),
             };
-            if len.is_some_and(|l| l > 0) {
+            if len.is_some_and(|l| l > 0) && !req.dry_run {
                 confirm_file(&shown, size, req, ask)?;
             }
             (plan::plan(&src, size, head.as_deref(), &states, 0)?, shown)
@@ -176,8 +182,44 @@ pub fn flash(
     flashed.read_back_seconds = read.1;
     flashed.read_back_bytes = read.0.bytes;
     flashed.read_back_sha256 = Some(read.0.sha256);
+    if !req.credentials.is_empty() {
+        flashed.added = t.stage(rep, "machine", |_| {
+            let added = values_local(&image, &target, &kind, plan.target_len, &req.credentials)?;
+            let summary = format!("added {}", added.join(", "));
+            Ok((added, summary))
+        })?;
+    }
     flashed.timings = t;
     Ok(flashed)
+}
+
+/// Adds the per-machine values to a local target's ESP and reads the ESP back.
+fn values_local(
+    image: &File,
+    target: &Path,
+    kind: &LocalKind,
+    target_len: u64,
+    creds: &[crate::machine::Credential],
+) -> Result<Vec<String>> {
+    let patch = values::patch(image, target_len, creds)?;
+    let mut sink = match kind {
+        LocalKind::Disk => local::Local::open_disk(target)?,
+        LocalKind::File { .. } => local::Local::open_file(target, target_len)?.0,
+    };
+    local::execute(&patch.plan, image, &mut sink, &mut |_| {})?;
+    drop(sink);
+    let got = local::sha256_of(target, patch.esp.clone())?;
+    if got != patch.esp_sha256 {
+        return Err(UserError::new(
+            Kind::Corrupt,
+            format!(
+                "the ESP with the machine's values read back as sha256 {got}, {} was written",
+                patch.esp_sha256
+            ),
+        )
+        .into());
+    }
+    Ok(patch.added)
 }
 
 /// Writes, syncs and reads back a local target; the read-back must be the release.
@@ -278,6 +320,7 @@ fn summary(resolved: &Resolved, sha: &str, target: &str, plan: &Plan) -> Flashed
             .flat_map(|m| m.kept.iter().map(|e| e.name.clone()))
             .collect(),
         note: plan.not_moved.clone(),
+        added: Vec::new(),
         timings: Timings::default(),
     }
 }

@@ -307,7 +307,7 @@ impl Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::flash::gpt::tests::image_bytes;
 
@@ -322,7 +322,7 @@ mod tests {
             primary: img[..PRIMARY_BYTES].to_vec(),
             backup: img[b..].to_vec(),
             gpt,
-            data: vec![0..len],
+            data: std::iter::once(0..len).collect(),
         }
     }
 

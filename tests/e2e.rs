@@ -3,6 +3,7 @@
 //! `cargo test --release --test e2e -- --ignored --test-threads=1`.
 //! Bases and packages are cached in target/e2e-cache between runs.
 
+use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -997,5 +998,327 @@ fn state_survives_a_second_boot_and_is_never_formatted_over() {
         (fs_of(&other), sha256(&other)),
         before,
         "the foreign disk was written to"
+    );
+}
+
+/// A QEMU guest started with `imagebuild run`, killed when dropped. Its console lines
+/// arrive on a channel.
+struct Vm {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    name: String,
+}
+
+impl Vm {
+    /// Boots `image` (a release name or path) in project `dir` with `args` (ssh port,
+    /// disks, --writable) and waits for its health line, which it returns.
+    fn boot(dir: &Path, image: &str, args: &[&str]) -> (Vm, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagebuild"));
+        cmd.arg("-C")
+            .arg(dir)
+            .arg("--cache-dir")
+            .arg(cache())
+            .args(["run", image, "--accel", "tcg"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        eprintln!("+ imagebuild run {image} {}", args.join(" "));
+        let mut child = cmd.spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out)
+                .split(b'\n')
+                .map_while(Result::ok)
+            {
+                if tx.send(String::from_utf8_lossy(&l).into_owned()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut vm = Vm {
+            child,
+            lines: rx,
+            name: image.to_string(),
+        };
+        let health = vm.wait_for("IMAGEBUILD-HEALTH ", 600);
+        (vm, health)
+    }
+
+    fn wait_for(&mut self, needle: &str, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("{}: no {needle:?} within {secs} s", self.name),
+            }
+        }
+    }
+
+    /// Waits for the guest to power off (after `systemctl poweroff`).
+    fn wait_exit(mut self) {
+        for _ in 0..240 {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        panic!("{} did not power off", self.name);
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `cmd` in the guest on `port` as user `ops`, with the test's key.
+fn guest(key: &Path, port: u16, cmd: &str) -> String {
+    run_ok(Command::new("ssh").arg("-i").arg(key).args([
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        &port.to_string(),
+        "ops@127.0.0.1",
+        cmd,
+    ]))
+}
+
+/// The flash options for a rescue VM booted fresh (new host keys on every boot, as a
+/// provider's rescue system has): the test's key, a known_hosts of its own.
+fn rescue_ssh(key: &Path, known: &Path) -> Vec<String> {
+    vec![
+        "--ssh-option".into(),
+        format!("IdentityFile={}", key.display()),
+        "--ssh-option".into(),
+        format!("UserKnownHostsFile={}", known.display()),
+        "--ssh-option".into(),
+        "StrictHostKeyChecking=accept-new".into(),
+    ]
+}
+
+/// The recovery path of issue 15, in QEMU: a rescue VM (the project's own image with a
+/// user, sudo and zstd, plus a second empty disk) reached over ssh on loopback.
+/// 1. `flash srv ssh://...` onto its empty disk, with --hostname web-3, verifies; the same
+///    command at the VM's own root disk is refused; that disk, booted on its own, passes
+///    `verify` and reports web-3 while the flash proved the image region was the release's;
+/// 2. the flashed server writes a marker into its state filesystem; a newer release is
+///    flashed onto the same disk; the machine boots the new version and the marker is there.
+#[test]
+#[ignore = "end-to-end: a rescue VM, ssh flashes, a state that survives a reflash (make test)"]
+fn recovery_through_a_rescue_system_keeps_the_state() {
+    let work = tempfile::tempdir_in(repo().join("target")).unwrap();
+    let key = work.path().join("id");
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "ops@test", "-f"])
+            .arg(&key),
+    );
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let user = format!(
+        "[[user]]\nname = \"ops\"\nssh-keys = [\"{}\"]\nsudo = true\n",
+        public.trim()
+    );
+    let rescue = format!(
+        "extends = [\"prod-amd64\"]\n[image]\nname = \"rescue\"\n[packages]\ninclude = [\"sudo\", \"zstd\"]\n{user}"
+    );
+    let srv = |version: &str| {
+        format!(
+            "extends = [\"prod-amd64\"]\n[image]\nname = \"srv\"\nversion = \"{version}\"\n[packages]\ninclude = [\"sudo\", \"e2fsprogs\"]\n{user}[[state]]\nlabel = \"srv-data\"\nmount = \"/srv\"\nsize = \"256M\"\n"
+        )
+    };
+    let project = scratch_project(&[("rescue", &rescue), ("srv", &srv("2026.11.1"))]);
+    let p = project.path();
+    let out = p.join("out");
+    ok(&imagebuild(p, &out, &["build", "rescue"]));
+    let v1 = ok(&imagebuild(p, &out, &["build", "srv", "--verify"]));
+    let v1_sha = v1.split_whitespace().next().unwrap().to_string();
+    let target = p.join("server-disk.raw");
+    File::create(&target).unwrap().set_len(3 << 30).unwrap();
+    let disk = "/dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_imagebuild-disk1";
+
+    // 1. The rescue VM: the flash refused on its own root, done on the empty disk.
+    let port = free_port();
+    let (vm, health) = Vm::boot(
+        p,
+        "rescue",
+        &[
+            "--ssh-port",
+            &port.to_string(),
+            "--disk",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert!(health.contains("\"image\":\"rescue\""), "{health}");
+    let mut ssh = rescue_ssh(&key, &p.join("known-1"));
+    let url = |dev: &str| format!("ssh://ops@127.0.0.1:{port}{dev}");
+    let mut args: Vec<String> = vec![
+        "flash".into(),
+        "srv".into(),
+        url("/dev/nvme0n1"),
+        "--yes".into(),
+        "--expect-serial".into(),
+        "imagebuild".into(),
+    ];
+    args.extend(ssh.clone());
+    let refused = imagebuild(
+        p,
+        &out,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "flashing the rescue system's own disk must fail"
+    );
+    assert!(
+        err.contains("it holds the running system's root filesystem (/ is /dev/nvme0n1p2)"),
+        "{err}"
+    );
+    let t0 = std::time::Instant::now();
+    let mut args: Vec<String> = vec![
+        "flash".into(),
+        "srv".into(),
+        url(disk),
+        "--yes".into(),
+        "--hostname".into(),
+        "web-3".into(),
+    ];
+    args.extend(ssh.clone());
+    let flashed = imagebuild(
+        p,
+        &out,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let text = String::from_utf8_lossy(&flashed.stderr).into_owned();
+    assert!(flashed.status.success(), "{text}");
+    eprintln!(
+        "flash over ssh (TCG rescue VM): {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        text.contains(&format!("sha256 {v1_sha} = the release")),
+        "{text}"
+    );
+    assert!(
+        text.contains("EFI/BOOT/BOOTX64.EFI.extra.d/system.hostname.cred"),
+        "{text}"
+    );
+    drop(vm);
+
+    // The disk on its own passes verify, and its machine is web-3.
+    ok(&imagebuild(
+        p,
+        &out,
+        &["verify", target.to_str().unwrap(), "--keep-log"],
+    ));
+    let log = std::fs::read_to_string(p.join("server-disk.raw.console.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("IMAGEBUILD-HEALTH "))
+        .unwrap();
+    assert!(
+        line.contains("\"image\":\"srv\",\"version\":\"2026.11.1\",\"hostname\":\"web-3\""),
+        "{line}"
+    );
+    assert!(
+        line.contains("\"check\":\"state srv-data\",\"ok\":true"),
+        "{line}"
+    );
+
+    // 2. The server writes into its state, then is replaced by a newer release.
+    let port2 = free_port();
+    let (vm, health) = Vm::boot(
+        p,
+        target.to_str().unwrap(),
+        &["--writable", "--ssh-port", &port2.to_string()],
+    );
+    assert!(health.contains("\"hostname\":\"web-3\""), "{health}");
+    guest(
+        &key,
+        port2,
+        "echo kept-across-reflash | sudo tee /srv/marker >/dev/null && sync && findmnt -n -o SOURCE /srv",
+    );
+    // The connection may drop as the guest goes down: ssh's status says nothing here.
+    let _ = Command::new("ssh")
+        .arg("-i")
+        .arg(&key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-p",
+            &port2.to_string(),
+            "ops@127.0.0.1",
+            "sudo systemctl poweroff",
+        ])
+        .status();
+    vm.wait_exit();
+    std::fs::write(p.join("profiles/srv.toml"), srv("2026.11.2")).unwrap();
+    let v2 = ok(&imagebuild(p, &out, &["build", "srv", "--verify"]));
+    let v2_sha = v2.split_whitespace().next().unwrap().to_string();
+    let port = free_port();
+    let (vm, _) = Vm::boot(
+        p,
+        "rescue",
+        &[
+            "--ssh-port",
+            &port.to_string(),
+            "--disk",
+            target.to_str().unwrap(),
+        ],
+    );
+    ssh = rescue_ssh(&key, &p.join("known-2"));
+    let url = format!("ssh://ops@127.0.0.1:{port}{disk}");
+    let mut args: Vec<String> = vec!["flash".into(), "srv@2026.11.2".into(), url, "--yes".into()];
+    args.extend(ssh);
+    let flashed = imagebuild(
+        p,
+        &out,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let text = String::from_utf8_lossy(&flashed.stderr).into_owned();
+    assert!(flashed.status.success(), "{text}");
+    assert!(
+        text.contains("kept: srv-data") && text.contains(&format!("sha256 {v2_sha} = the release")),
+        "{text}"
+    );
+    drop(vm);
+    let port2 = free_port();
+    let (_vm, health) = Vm::boot(
+        p,
+        target.to_str().unwrap(),
+        &["--writable", "--ssh-port", &port2.to_string()],
+    );
+    assert!(health.contains("\"version\":\"2026.11.2\""), "{health}");
+    assert_eq!(
+        guest(&key, port2, "cat /srv/marker").trim(),
+        "kept-across-reflash"
     );
 }

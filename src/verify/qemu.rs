@@ -212,11 +212,14 @@ impl Machine {
                 format!("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:22").into()
             }
         });
+        // With more disks, the firmware boots the image first, whatever they hold (a rescue
+        // VM's target disk may hold a bootable image too).
+        let order = !launch.disks.is_empty();
         if let Some(image) = launch.image {
-            args.extend(self.disk_args(0, image, !launch.writable));
+            args.extend(self.disk_args(0, image, !launch.writable, order));
         }
         for (i, disk) in launch.disks.iter().enumerate() {
-            args.extend(self.disk_args(i + 1, disk, false));
+            args.extend(self.disk_args(i + 1, disk, false, order));
         }
         args.extend(self.extra_args.iter().map(OsString::from));
         args
@@ -224,17 +227,20 @@ impl Machine {
 
     /// Disk `index` (0: the image, serial `imagebuild`; then `imagebuild-diskN`). With
     /// `snapshot`, the guest's writes go to a temporary overlay and the file never changes.
-    fn disk_args(&self, index: usize, file: &Path, snapshot: bool) -> Vec<OsString> {
+    fn disk_args(&self, index: usize, file: &Path, snapshot: bool, order: bool) -> Vec<OsString> {
         let id = format!("disk{index}");
         let serial = if index == 0 {
             "imagebuild".to_string()
         } else {
             format!("imagebuild-{id}")
         };
-        let device = match self.disk_interface {
+        let mut device = match self.disk_interface {
             DiskInterface::Nvme => format!("nvme,drive={id},serial={serial}"),
             DiskInterface::VirtioBlk => format!("virtio-blk-pci,drive={id},serial={serial}"),
         };
+        if order {
+            device.push_str(&format!(",bootindex={index}"));
+        }
         let snapshot = if snapshot { ",snapshot=on" } else { "" };
         vec![
             "-drive".into(),
@@ -589,7 +595,12 @@ mod tests {
         assert!(has_pair(
             &args,
             "-device",
-            "nvme,drive=disk1,serial=imagebuild-disk1"
+            "nvme,drive=disk1,serial=imagebuild-disk1,bootindex=1"
+        ));
+        assert!(has_pair(
+            &args,
+            "-device",
+            "nvme,drive=disk0,serial=imagebuild,bootindex=0"
         ));
         assert!(has_pair(
             &args,

@@ -94,8 +94,19 @@ pub fn build(
     } else {
         lock::load_for(project, &recipe)?
     };
+    let swept = crate::leftovers::sweep(&[
+        (&opts.out_root, 1),
+        (opts.cache.root(), crate::leftovers::CACHE_DEPTH),
+    ])?;
     let staging = Staging::begin(&opts.out_root, &recipe.profile, &recipe.version)?;
     host.log_to(&staging.path("build.log"))?;
+    for r in &swept {
+        host.note(&format!(
+            "removed {} ({} bytes), left by a build that no longer runs",
+            r.path.display(),
+            r.bytes
+        ));
+    }
     host.note(&format!(
         "imagebuild {} building {} (recipe {})",
         env!("CARGO_PKG_VERSION"),

@@ -73,7 +73,7 @@ impl Cache {
             "cache: {kind}/{key} is corrupt (sha256 {actual}, expected {}); rebuilding it",
             expected.trim()
         ));
-        eprintln!("warning: cache entry {kind}/{key} is corrupt; rebuilding it");
+        crate::say!("warning: cache entry {kind}/{key} is corrupt; rebuilding it");
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_file(&sum_path);
         Ok(None)

@@ -213,6 +213,10 @@ pub enum Command {
     },
     /// Check that this host has what imagebuild needs, and say how to fix what is missing.
     Doctor,
+    /// Remove what killed runs left behind: unfinished build directories in out/ and
+    /// temporary files in out/ and the cache, of processes that no longer run. Builds do
+    /// this too, before they start. Published releases and the cache's entries stay.
+    Clean,
 }
 
 /// How to boot an image in QEMU.
@@ -274,13 +278,13 @@ pub fn main() -> ExitCode {
 fn print_error(e: &anyhow::Error) {
     let mut chain = e.chain();
     if let Some(top) = chain.next() {
-        eprintln!("error: {top}");
+        crate::say!("error: {top}");
     }
     for cause in chain {
-        eprintln!("caused by: {cause}");
+        crate::say!("caused by: {cause}");
     }
     for h in crate::error::hints(e) {
-        eprintln!("hint: {h}");
+        crate::say!("hint: {h}");
     }
 }
 
@@ -409,6 +413,28 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             cmd_flash(cli, &project, &req, *json)
         }
         Command::Doctor => Ok(crate::doctor::run()),
+        Command::Clean => {
+            let cache = cache(cli);
+            let removed = crate::leftovers::sweep(&[
+                (&out_root(cli, &project), 1),
+                (cache.root(), crate::leftovers::CACHE_DEPTH),
+            ])?;
+            let mut text = String::new();
+            for r in &removed {
+                text.push_str(&format!(
+                    "removed {} ({})\n",
+                    r.path.display(),
+                    Bytes(r.bytes)
+                ));
+            }
+            let total: u64 = removed.iter().map(|r| r.bytes).sum();
+            text.push_str(&format!(
+                "{} leftovers of runs that no longer run, {} freed\n",
+                removed.len(),
+                Bytes(total)
+            ));
+            print_stdout(&text)
+        }
     }
 }
 
@@ -465,7 +491,7 @@ fn cmd_lock(cli: &Cli, project: &Project, profile: &str, refresh: bool) -> Resul
     })?;
     let path = crate::lock::write(project, &lock)?;
     if !cli.quiet {
-        eprintln!(
+        crate::say!(
             "locked {profile}: {} packages, recipe {} -> {}",
             lock.packages.len(),
             &lock.recipe_id[..12],
@@ -494,7 +520,7 @@ fn cmd_build(
     let reporter = reporter(cli);
     let built = build::build(&host, project, profile, &opts, reporter.as_ref())?;
     if !cli.quiet {
-        eprintln!(
+        crate::say!(
             "built {} ({} disk, {} allocated, {} of files)",
             built.image.display(),
             Bytes(built.disk_size),
@@ -502,7 +528,7 @@ fn cmd_build(
             Bytes(built.content_bytes)
         );
         if let Some(p) = &built.lock_written {
-            eprintln!("relocked: wrote {}", p.display());
+            crate::say!("relocked: wrote {}", p.display());
         }
         if let Some(r) = &built.release {
             let verified = if r.verified {
@@ -515,7 +541,7 @@ fn cmd_build(
                 "replaced" => "replaced (the old record is in the history)",
                 _ => "published",
             };
-            eprintln!("release {}@{}: {how}, {verified}", built.profile, r.version);
+            crate::say!("release {}@{}: {how}, {verified}", built.profile, r.version);
         }
     }
     if json {
@@ -561,7 +587,7 @@ fn cmd_verify(
         recorded = format!("; recorded as a boot test of {profile}@{}", rec.version);
     }
     if !cli.quiet {
-        eprintln!("{}: {}{recorded}", target.label, tested.outcome);
+        crate::say!("{}: {}{recorded}", target.label, tested.outcome);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -583,7 +609,7 @@ fn cmd_flash(
         reporter.as_ref(),
     )?;
     if !cli.quiet {
-        eprint!("{}", flash_summary(&f));
+        crate::say_part!("{}", flash_summary(&f));
     }
     if json {
         return print_stdout(&(serde_json::to_string_pretty(&f)? + "\n"));
@@ -654,7 +680,7 @@ impl crate::flash::Ask for Terminal {
         if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
             return Ok(None);
         }
-        eprint!("{prompt}");
+        crate::say_part!("{prompt}");
         let mut line = String::new();
         std::io::stdin().read_line(&mut line)?;
         Ok(Some(line))
@@ -698,6 +724,10 @@ fn cmd_run(
         release.as_deref(),
         &req,
     )?);
+    let rig = crate::verify::state::rig(&host, &image, &machine, &mut opts)?;
+    for note in rig.iter().flat_map(|r| &r.notes) {
+        crate::say!("{note}");
+    }
     let runner = |cmd: &mut std::process::Command| host.spawn(cmd);
     let status = crate::verify::run_interactive(&image, &machine, &opts, &runner)?;
     Ok(if status.success() {
@@ -746,7 +776,7 @@ impl Reporter for Bars {
     }
 
     fn finish(&self, name: &str, took: Duration, summary: &str) {
-        eprintln!("  {name:>8} {:>6.1}s  {summary}", took.as_secs_f64());
+        crate::say!("  {name:>8} {:>6.1}s  {summary}", took.as_secs_f64());
     }
 }
 
@@ -761,12 +791,12 @@ impl Stage for NoteStage {
 
 impl Reporter for Lines {
     fn start(&self, name: &str) -> Box<dyn Stage + '_> {
-        eprintln!("==> {name}");
+        crate::say!("==> {name}");
         Box::new(NoteStage)
     }
 
     fn finish(&self, name: &str, took: Duration, summary: &str) {
-        eprintln!("  {name:>8} {:>6.1}s  {summary}", took.as_secs_f64());
+        crate::say!("  {name:>8} {:>6.1}s  {summary}", took.as_secs_f64());
     }
 }
 

@@ -17,14 +17,14 @@ pub fn run() -> ExitCode {
     let mut missing = 0;
     for n in &needs {
         let mark = if n.ok { "ok     " } else { "MISSING" };
-        println!("{mark} {:<28} {}", n.what, n.detail);
+        crate::out!("{mark} {:<28} {}", n.what, n.detail);
         missing += usize::from(!n.ok);
     }
     if missing == 0 {
-        println!("\nthis host has everything imagebuild needs");
+        crate::out!("\nthis host has everything imagebuild needs");
         ExitCode::SUCCESS
     } else {
-        println!("\n{missing} missing; fix: sudo scripts/host-setup.sh");
+        crate::out!("\n{missing} missing; fix: sudo scripts/host-setup.sh");
         ExitCode::FAILURE
     }
 }

@@ -47,7 +47,7 @@ impl Host {
     /// Writes one line to the log (and to stderr with `-v`).
     pub fn note(&self, line: &str) {
         if self.verbose {
-            eprintln!("{line}");
+            crate::say!("{line}");
         }
         if let Some(f) = self.log.lock().expect("log lock").as_mut() {
             let _ = writeln!(f, "{line}");

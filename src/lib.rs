@@ -16,6 +16,7 @@ pub mod fs;
 pub mod host;
 pub mod ids;
 pub mod inspect;
+pub mod leftovers;
 pub mod lock;
 pub mod machine;
 pub mod output;

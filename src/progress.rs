@@ -3,6 +3,36 @@
 
 use std::time::{Duration, Instant};
 
+/// `eprintln!` that never panics: a closed or full stderr (`imagebuild build P 2>&1 | head`)
+/// loses the line, and the build goes on.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics (see [`say!`]).
+#[macro_export]
+macro_rules! say_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut e = std::io::stderr();
+        let _ = write!(e, $($arg)*);
+        let _ = e.flush();
+    }};
+}
+
+/// `println!` that never panics: a closed stdout (`| head`) loses the rest.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// One running stage.
 pub trait Stage {
     /// A short note about what the stage is doing now.

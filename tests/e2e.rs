@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -812,6 +813,15 @@ fail() {
 	echo "state-test: $*" >/dev/console
 	exit 1
 }
+if [ ! -e /dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_imagebuild-disk2 ]; then
+	# Plain `imagebuild verify`: it gave the device state a blank disk and named it by a
+	# credential; the OS disk had room for the state partition.
+	cred=/run/credentials/@system/imagebuild.state.vol-data.device
+	[ "$(cat "$cred")" = /dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_imagebuild-disk1 ] || fail "no credential $cred"
+	[ "$(findmnt -n -o SOURCE /srv)" = "$(readlink -f /dev/disk/by-partlabel/srv-data)" ] || fail "/srv is not partition srv-data"
+	[ "$(findmnt -n -o SOURCE /data)" = "$(readlink -f /dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_imagebuild-disk1)" ] || fail "/data is not disk imagebuild-disk1"
+	exit 0
+fi
 read -r phase root_bytes </dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_imagebuild-disk2 || fail "no control disk"
 [ "$phase" != 3 ] || exit 0
 part=$(readlink -f /dev/disk/by-partlabel/srv-data)
@@ -911,6 +921,17 @@ fn state_survives_a_second_boot_and_is_never_formatted_over() {
     assert!(
         !fs.exists("/usr/lib/repart.d/50-root.conf").unwrap(),
         "the root must not grow over the state partition"
+    );
+
+    // `verify` alone: the OS disk gets room for srv-data, vol-data a blank disk.
+    let t0 = std::time::Instant::now();
+    let plain = imagebuild(p, &p.join("out"), &["verify", "--timeout", "400", "state"]);
+    eprintln!("plain verify: {:.1} s", t0.elapsed().as_secs_f64());
+    ok(&plain);
+    assert_eq!(
+        sha256(&image),
+        again.split_whitespace().next().unwrap(),
+        "verify changed the image"
     );
 
     // The image on a 2 GiB disk, a blank 256 MiB state disk, and the control disk.
@@ -1022,7 +1043,8 @@ impl Vm {
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null());
+            .stderr(std::process::Stdio::null())
+            .process_group(0);
         eprintln!("+ imagebuild run {image} {}", args.join(" "));
         let mut child = cmd.spawn().unwrap();
         let out = child.stdout.take().unwrap();
@@ -1072,9 +1094,23 @@ impl Vm {
 }
 
 impl Drop for Vm {
+    /// Kills imagebuild and its QEMU (their process group) and waits until both are gone,
+    /// so the guest's disks are free for the next step.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
+        for _ in 0..100 {
+            let alive = Command::new("kill")
+                .args(["-0", "--", &group])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !alive {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 }
 

@@ -1056,3 +1056,114 @@ fn names_that_are_paths_are_refused_before_anything_is_written() {
         "{siblings:?}"
     );
 }
+
+/// Leftovers of builds (unfinished directories, temporary files) under `dir`.
+fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".staging-")
+            || name.starts_with(".old-")
+            || name.starts_with(".work-")
+            || (name.starts_with('.') && name.contains(".tmp-"))
+        {
+            found.push(e.path());
+        } else if e.file_type().unwrap().is_dir() {
+            found.extend(leftovers(&e.path()));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_closed_stderr_does_not_stop_a_build() {
+    let fx = Fixture::new(Arch::Amd64);
+    let clean = fx.build_into("t", "out-clean").unwrap();
+    // What `imagebuild build t 2>&1 | head -c 20` gives it: a pipe nobody reads.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(env!("CARGO_BIN_EXE_imagebuild"))
+        .arg("-C")
+        .arg(fx.root())
+        .arg("--cache-dir")
+        .arg(fx.root().join("cache"))
+        .args(["build", "t"])
+        .stdout(std::process::Stdio::null())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let image = fx.root().join("out").join(
+        clean
+            .image
+            .strip_prefix(fx.root().join("out-clean"))
+            .unwrap(),
+    );
+    assert_eq!(
+        sha256(&std::fs::read(&image).unwrap()),
+        clean.sha256,
+        "the build went on to the same image"
+    );
+}
+
+/// The build stages in the order `--verbose`-less runs print them (`==> NAME`).
+const STAGES: &[&str] = &[
+    "stacks", "base", "tree", "boot", "rootfs", "disk", "ext4", "esp", "seal", "formats",
+];
+
+#[test]
+fn a_build_killed_at_any_stage_leaves_nothing_and_the_next_one_is_clean() {
+    use std::io::{BufRead, BufReader};
+    let fx = Fixture::new(Arch::Amd64);
+    let clean = fx.build_into("t", "out-clean").unwrap();
+    let cache = fx.root().join("cache");
+    let out = fx.root().join("out");
+    for stage in STAGES {
+        // A cold cache every time, so the base stage has work to be killed in.
+        let _ = std::fs::remove_dir_all(&cache);
+        let _ = std::fs::remove_dir_all(&out);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imagebuild"))
+            .arg("-C")
+            .arg(fx.root())
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(["build", "t"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mark = format!("==> {stage}");
+        let reached = lines.any(|l| l.is_ok_and(|l| l == mark));
+        assert!(reached, "the build never printed {mark}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Killed at the last stage, the build may have published just before: then the
+        // release is whole. Otherwise nothing looks finished.
+        let published = out.join(
+            clean
+                .image
+                .strip_prefix(fx.root().join("out-clean"))
+                .unwrap(),
+        );
+        if published.exists() {
+            assert_eq!(*stage, "formats", "published although killed at {stage}");
+            assert_eq!(sha256(&std::fs::read(&published).unwrap()), clean.sha256);
+        } else {
+            assert!(
+                fx.finished_outputs().is_empty(),
+                "killed at {stage}: {:?} looks finished",
+                fx.finished_outputs()
+            );
+        }
+
+        let again = fx.build_into("t", "out").unwrap();
+        assert_eq!(again.sha256, clean.sha256, "after a kill at {stage}");
+        let mut left = leftovers(&out);
+        left.extend(leftovers(&cache));
+        assert!(left.is_empty(), "after a kill at {stage}: {left:?}");
+    }
+}

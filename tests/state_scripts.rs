@@ -42,10 +42,21 @@ impl Dir {
 
     /// state-device LABEL GLOB 1, with udevadm a no-op.
     fn device(&self, label: &str, glob: &str) -> Output {
+        self.device_with(label, glob, &[])
+    }
+
+    /// state-device LABEL GLOB 1 with `credentials` (name, value) in $CREDENTIALS_DIRECTORY,
+    /// as systemd's ImportCredential= gives them.
+    fn device_with(&self, label: &str, glob: &str, credentials: &[(&str, &str)]) -> Output {
+        let creds = tempfile::tempdir().unwrap();
+        for (name, value) in credentials {
+            std::fs::write(creds.path().join(name), value).unwrap();
+        }
         Command::new(self.path("state-device"))
             .args([label, &self.path(glob).to_string_lossy(), "1"])
             .env("IMAGEBUILD_UDEVADM", "true")
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CREDENTIALS_DIRECTORY", creds.path())
             .output()
             .unwrap()
     }
@@ -189,6 +200,51 @@ fn the_glob_must_name_exactly_one_device() {
     let out = d.device("vol-data", "link-a*");
     assert!(out.status.success(), "{}", says(&out));
     assert_eq!(probe(&a).1, "vol-data");
+}
+
+#[test]
+fn a_machine_credential_names_the_device_in_place_of_the_glob() {
+    let d = Dir::new();
+    let vol = d.blank("vol1");
+    // The glob would find vol1; the credential sends the script elsewhere, so nothing is
+    // formatted.
+    let out = d.device_with(
+        "vol-data",
+        "vol*",
+        &[(
+            "imagebuild.state.vol-data.device",
+            "/dev/disk/by-id/imagebuild-test-absent\n",
+        )],
+    );
+    assert!(!out.status.success());
+    let msg = says(&out);
+    assert!(
+        msg.contains("the credential imagebuild.state.vol-data.device names /dev/disk/by-id/imagebuild-test-absent"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("no device matches /dev/disk/by-id/imagebuild-test-absent after 1 s"),
+        "{msg}"
+    );
+    assert_eq!(probe(&vol).0, "", "the glob's device is left alone");
+
+    // Another state's credential does not apply; a value outside /dev/ is refused.
+    let out = d.device_with(
+        "vol-data",
+        "vol*",
+        &[("imagebuild.state.other.device", "/dev/null")],
+    );
+    assert!(out.status.success(), "{}", says(&out));
+    assert_eq!(probe(&vol).1, "vol-data");
+    let out = d.device_with("logs", "vol*", &[("imagebuild.state.logs.device", "vol1")]);
+    assert!(!out.status.success());
+    assert!(
+        says(&out).contains(
+            "the credential imagebuild.state.logs.device is 'vol1', not a path under /dev/"
+        ),
+        "{}",
+        says(&out)
+    );
 }
 
 #[test]

@@ -123,7 +123,10 @@ pub fn produce(
     check_foreign_arch(p.arch)?;
     let debs = cache.debs_dir();
     std::fs::create_dir_all(&debs)?;
-    let work = tempfile::tempdir_in(cache.root()).context("making a work directory")?;
+    let work = tempfile::Builder::new()
+        .prefix(&crate::leftovers::work_prefix())
+        .tempdir_in(cache.root())
+        .context("making a work directory")?;
     let prefs = match lock {
         Some(l) => {
             stage.message("checking cached packages against the lock");

@@ -173,7 +173,7 @@ pub fn flash(
     let mut flashed = summary(&resolved, &sha, &req.target, &plan);
     if req.dry_run {
         flashed.dry_run = true;
-        eprint!("{shown}");
+        crate::say_part!("{shown}");
         flashed.timings = t;
         return Ok(flashed);
     }
@@ -257,7 +257,7 @@ fn write_local(
                 .arg("--rereadpt")
                 .arg(target),
         ) {
-            eprintln!("warning: the kernel did not re-read the partition table: {e:#}");
+            crate::say!("warning: the kernel did not re-read the partition table: {e:#}");
         }
     }
     let t1 = Instant::now();
@@ -430,22 +430,12 @@ pub fn source(image: &File, path: &Path) -> Result<Source> {
 /// The GPT names of the image's state partitions on the OS disk, from
 /// `/usr/lib/imagebuild/state.json` in its root filesystem; none when it has none.
 pub fn state_labels(image: &Path) -> Vec<String> {
-    let read = || -> Result<Vec<String>> {
-        let fs = crate::inspect::Image::open(image)?.root()?;
-        let path = "/usr/lib/imagebuild/state.json";
-        if !fs.exists(path)? {
-            return Ok(Vec::new());
-        }
-        let v: serde_json::Value = serde_json::from_slice(&fs.read(path)?)?;
-        Ok(v["states"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| s["device"].is_null())
-            .filter_map(|s| s["label"].as_str().map(str::to_string))
-            .collect())
-    };
-    read().unwrap_or_default()
+    crate::verify::state::image_states(image)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.device.is_none())
+        .map(|s| s.label)
+        .collect()
 }
 
 /// The error for a target the guard rails refuse: every reason.

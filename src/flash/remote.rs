@@ -163,7 +163,7 @@ pub fn flash(
     let mut flashed = summary(resolved, sha, &req.target, &plan);
     if req.dry_run {
         flashed.dry_run = true;
-        eprint!("{}", disk.describe());
+        crate::say_part!("{}", disk.describe());
         flashed.timings = timings;
         return Ok(flashed);
     }

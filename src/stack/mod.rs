@@ -141,7 +141,7 @@ fn prepare_stack(
                     spec.name,
                     image.pinned(&d)
                 ));
-                eprintln!(
+                crate::say!(
                     "note: stack {}: {image} is not pinned; baking {}",
                     spec.name,
                     image.pinned(&d)

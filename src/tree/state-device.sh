@@ -10,6 +10,10 @@
 # whose first MiB is zeros is formatted ext4 with the label LABEL. A device holding ext4
 # labelled LABEL is used as it is. Anything else is refused, and nothing is written to it.
 #
+# A credential imagebuild.state.LABEL.device (from `flash --credential`, or the SMBIOS
+# credential `imagebuild verify` gives the blank disk it attaches) names the device in
+# place of GLOB: one machine's disk differs from the profile's, and the image stays the same.
+#
 # Test hook, unset on a real system:
 #   IMAGEBUILD_UDEVADM   udevadm to call (default: udevadm)
 set -eu
@@ -94,6 +98,14 @@ format() {
 	fi
 }
 
+override=${CREDENTIALS_DIRECTORY:-/nonexistent}/imagebuild.state.$label.device
+if [ -f "$override" ]; then
+	glob=$(head -n 1 "$override")
+	case $glob in
+	/dev/?*) say "the credential imagebuild.state.$label.device names $glob" ;;
+	*) refuse "the credential imagebuild.state.$label.device is '$glob', not a path under /dev/" ;;
+	esac
+fi
 wait_for_match
 count=$(printf '%s\n' "$FOUND" | wc -l)
 if [ "$count" -ne 1 ]; then

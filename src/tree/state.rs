@@ -256,6 +256,7 @@ fn device_service(s: &StateSpec, glob: &str) -> String {
          [Service]\n\
          Type=oneshot\n\
          RemainAfterExit=yes\n\
+         ImportCredential=imagebuild.state.{label}.device\n\
          ExecStart={DEVICE_SCRIPT_PATH} {label} {glob} {DEVICE_WAIT_SECS}\n\
          TimeoutStartSec=10min\n",
         label = s.label,

@@ -319,7 +319,7 @@ impl ConsoleLog {
 
     fn write(&mut self, line: &str) -> Result<()> {
         if self.echo {
-            eprintln!("{line}");
+            crate::say!("{line}");
         }
         self.file
             .write_all(format!("{line}\n").as_bytes())

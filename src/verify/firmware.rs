@@ -84,7 +84,7 @@ pub fn release_firmware(host: &Host, spec: &ReleaseFirmware, origin: &Origin) ->
         spec.package, origin.release, origin.mirror
     ));
     let work = tempfile::Builder::new()
-        .prefix(".firmware-")
+        .prefix(&crate::leftovers::work_prefix())
         .tempdir_in(ensure_dir(origin.cache.root())?)
         .context("creating a directory to fetch firmware in")?;
     let deb = download(host, &spec.package, origin, work.path())?;

@@ -153,7 +153,7 @@ pub fn firmware_for(
                 fallback.origin, spec.package
             );
             host.note(&warning);
-            eprintln!("{warning}");
+            crate::say!("{warning}");
             Ok(fallback)
         }
     }
@@ -238,6 +238,7 @@ pub fn verify_image(host: &Host, project: &Project, image: &Path, req: &Request)
         .firmware
         .as_ref()
         .map_or_else(String::new, |f| f.origin.clone());
+    let _rig = super::state::rig(host, image, &machine, &mut opts)?;
     let runner = |cmd: &mut std::process::Command| host.spawn(cmd);
     let outcome = super::verify(image, &machine, &opts, &runner)?;
     let outcome = match outcome {

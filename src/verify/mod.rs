@@ -11,6 +11,7 @@ pub mod firmware;
 pub mod health;
 pub mod image;
 pub mod qemu;
+pub mod state;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,11 @@ pub struct VerifyOptions {
     pub disks: Vec<PathBuf>,
     /// Forward this port on 127.0.0.1 to the guest's ssh (user networking).
     pub ssh_port: Option<u16>,
+    /// A qcow2 file backed by the image, booted in its place (snapshot, so the image and
+    /// the overlay stay as they are): a disk larger than the image ([`state::Rig`]).
+    pub overlay: Option<PathBuf>,
+    /// SMBIOS credentials (`io.systemd.credential:NAME=VALUE`) for the guest's systemd.
+    pub credentials: Vec<(String, String)>,
 }
 
 impl VerifyOptions {
@@ -73,6 +79,8 @@ impl VerifyOptions {
             writable: false,
             disks: Vec::new(),
             ssh_port: None,
+            overlay: None,
+            credentials: Vec::new(),
         }
     }
 }
@@ -349,8 +357,14 @@ fn prepare(
     };
     let accel = opts.accel.resolve(machine, &firmware, runner);
     let vars = firmware.vars_copy()?;
+    let (image, image_format) = match &opts.overlay {
+        Some(overlay) => (overlay.as_path(), "qcow2"),
+        None => (image, "raw"),
+    };
     let launch = Launch {
         image: Some(image),
+        image_format,
+        credentials: &opts.credentials,
         firmware_code: &firmware.code,
         firmware_vars: vars.path(),
         accel,
@@ -360,7 +374,27 @@ fn prepare(
         disks: &opts.disks,
         ssh_port: opts.ssh_port,
     };
-    Ok((machine.command(&launch), accel, firmware, vars))
+    Ok((qemu_command(machine, &launch), accel, firmware, vars))
+}
+
+/// The QEMU command, run through `setpriv --pdeathsig KILL` (util-linux) where both are
+/// found: QEMU is then killed when the imagebuild that started it dies (killed, or a
+/// crash). An orphaned guest would keep its disks locked and run on unwatched.
+fn qemu_command(machine: &Machine, launch: &Launch) -> Command {
+    match (
+        crate::host::which("setpriv"),
+        crate::host::which(&machine.binary),
+    ) {
+        (Some(setpriv), Some(qemu)) => {
+            let mut command = Command::new(setpriv);
+            command
+                .args(["--pdeathsig", "KILL", "--"])
+                .arg(qemu)
+                .args(machine.args(launch));
+            command
+        }
+        _ => machine.command(launch),
+    }
 }
 
 /// How watching the console ended.

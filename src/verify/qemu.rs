@@ -216,18 +216,41 @@ impl Machine {
         // VM's target disk may hold a bootable image too).
         let order = !launch.disks.is_empty();
         if let Some(image) = launch.image {
-            args.extend(self.disk_args(0, image, !launch.writable, order));
+            let snapshot = !launch.writable;
+            args.extend(self.disk_args(0, image, launch.image_format, snapshot, order));
         }
         for (i, disk) in launch.disks.iter().enumerate() {
-            args.extend(self.disk_args(i + 1, disk, false, order));
+            args.extend(self.disk_args(i + 1, disk, "raw", false, order));
+        }
+        for (name, value) in launch.credentials {
+            args.push("-smbios".into());
+            args.push(format!("type=11,value=io.systemd.credential:{name}={value}").into());
         }
         args.extend(self.extra_args.iter().map(OsString::from));
         args
     }
 
+    /// The /dev/disk/by-id/ name udev gives disk `index` (1, 2, ...: the disks after the
+    /// image) in the guest.
+    pub fn disk_by_id(&self, index: usize) -> String {
+        match self.disk_interface {
+            DiskInterface::Nvme => {
+                format!("/dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_imagebuild-disk{index}")
+            }
+            DiskInterface::VirtioBlk => format!("/dev/disk/by-id/virtio-imagebuild-disk{index}"),
+        }
+    }
+
     /// Disk `index` (0: the image, serial `imagebuild`; then `imagebuild-diskN`). With
     /// `snapshot`, the guest's writes go to a temporary overlay and the file never changes.
-    fn disk_args(&self, index: usize, file: &Path, snapshot: bool, order: bool) -> Vec<OsString> {
+    fn disk_args(
+        &self,
+        index: usize,
+        file: &Path,
+        format: &str,
+        snapshot: bool,
+        order: bool,
+    ) -> Vec<OsString> {
         let id = format!("disk{index}");
         let serial = if index == 0 {
             "imagebuild".to_string()
@@ -244,7 +267,7 @@ impl Machine {
         let snapshot = if snapshot { ",snapshot=on" } else { "" };
         vec![
             "-drive".into(),
-            qemu_file_option(&format!("if=none,id={id},format=raw{snapshot}"), file),
+            qemu_file_option(&format!("if=none,id={id},format={format}{snapshot}"), file),
             "-device".into(),
             device.into(),
         ]
@@ -346,6 +369,11 @@ pub enum ConsoleMode {
 pub struct Launch<'a> {
     /// None boots the firmware alone.
     pub image: Option<&'a Path>,
+    /// QEMU's format of `image`: "raw", or "qcow2" for an overlay.
+    pub image_format: &'a str,
+    /// SMBIOS type 11 strings `io.systemd.credential:NAME=VALUE`: credentials systemd
+    /// imports at boot.
+    pub credentials: &'a [(String, String)],
     pub firmware_code: &'a Path,
     /// The run's own copy of the variable store.
     pub firmware_vars: &'a Path,
@@ -397,6 +425,8 @@ fn probe_kvm_boot(
     let vars = firmware.vars_copy()?;
     let launch = Launch {
         image: None,
+        image_format: "raw",
+        credentials: &[],
         firmware_code: &firmware.code,
         firmware_vars: vars.path(),
         accel: Accelerator::Kvm,
@@ -446,6 +476,8 @@ mod tests {
     fn launch<'a>(image: Option<&'a Path>, accel: Accelerator) -> Launch<'a> {
         Launch {
             image,
+            image_format: "raw",
+            credentials: &[],
             firmware_code: Path::new("/fw/CODE.fd"),
             firmware_vars: Path::new("/tmp/vars,1.fd"),
             accel,
@@ -608,6 +640,29 @@ mod tests {
             "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22"
         ));
         assert!(!has_pair(&args, "-nic", "none"));
+    }
+
+    #[test]
+    fn an_overlay_and_credentials() {
+        let machine = Machine::builtin(Arch::Amd64);
+        let creds = [(
+            "imagebuild.state.data.device".to_string(),
+            machine.disk_by_id(1),
+        )];
+        let mut l = launch(Some(Path::new("/tmp/overlay.qcow2")), Accelerator::Tcg);
+        l.image_format = "qcow2";
+        l.credentials = &creds;
+        let args = machine.args(&l);
+        assert!(has_pair(
+            &args,
+            "-drive",
+            "if=none,id=disk0,format=qcow2,snapshot=on,file=/tmp/overlay.qcow2"
+        ));
+        assert!(has_pair(
+            &args,
+            "-smbios",
+            "type=11,value=io.systemd.credential:imagebuild.state.data.device=/dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_imagebuild-disk1"
+        ));
     }
 
     #[test]

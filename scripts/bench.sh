@@ -129,3 +129,5 @@ printf '  bake: %.2f s, %.1f MiB fetched, %.1f MiB baked (cold blob cache)\n' \
   "$(json "$work/stack.json" 'dict(d["timings"])["stacks"]')" \
   "$(json "$work/stack.json" 'd["fetched_bytes"]/2**20')" "$(json "$work/stack.json" 'd["baked_bytes"]/2**20')"
 printf '  first boot, QEMU start to stack healthy (health line, TCG) %.1f s\n' "$(json "$work/stack.json" 'd["health_seconds"]')"
+
+bash scripts/bench-flash.sh "$work"

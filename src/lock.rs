@@ -197,8 +197,9 @@ pub fn load_for(project: &Project, recipe: &Recipe) -> Result<Option<Lock>> {
         return Err(stale("profile", &lock.profile, &recipe.profile));
     }
     // The recipe id covers everything else the lock depends on (arch, epoch, mirror,
-    // packages): any change to the merged profile makes the lock stale.
-    if lock.recipe_id != recipe.id {
+    // packages): any change to the merged profile makes the lock stale. Locks written
+    // before the id covered the profile's name hold the merged profile's digest.
+    if lock.recipe_id != recipe.id && lock.recipe_id != recipe.content_id {
         return Err(stale(
             "recipe-id",
             &lock.recipe_id[..lock.recipe_id.len().min(12)],

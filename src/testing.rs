@@ -145,6 +145,14 @@ pub fn synthetic_base_tar_with_packages(arch: Arch, packages: &[(&str, &str)]) -
     );
     add(
         &mut b,
+        "usr/lib/systemd/systemd",
+        tar::EntryType::Regular,
+        0o755,
+        &elf,
+        None,
+    );
+    add(
+        &mut b,
         "usr/bin/bash",
         tar::EntryType::Regular,
         0o755,

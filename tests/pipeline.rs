@@ -1167,3 +1167,144 @@ fn a_build_killed_at_any_stage_leaves_nothing_and_the_next_one_is_clean() {
         assert!(left.is_empty(), "after a kill at {stage}: {left:?}");
     }
 }
+
+/// Profile `t` with `bytes` as its base tarball, as they are (no gzip).
+fn use_raw_base(fx: &Fixture, bytes: &[u8]) {
+    std::fs::write(fx.root().join("base.tar.gz"), bytes).unwrap();
+    let text = fx.profile_text();
+    let old = text.lines().find(|l| l.starts_with("sha256")).unwrap();
+    let new = format!("sha256 = \"{}\"", sha256(bytes));
+    fx.write_profile("t", &text.replace(old, &new));
+}
+
+/// The synthetic base without the entries `keep` refuses, as an uncompressed tar.
+fn synthetic_without(keep: impl Fn(&tar::Header, &str) -> bool) -> Vec<u8> {
+    let full = synthetic_base_tar(Arch::Amd64);
+    let mut archive = tar::Archive::new(full.as_slice());
+    let mut b = tar::Builder::new(Vec::new());
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        if !keep(e.header(), &name) {
+            continue;
+        }
+        let mut h = e.header().clone();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        b.append_data(&mut h, &name, data.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn bases_that_are_not_root_filesystems_are_named_and_refused() {
+    let fx = Fixture::new(Arch::Amd64);
+    let tarball = fx.root().join("base.tar.gz");
+    let cases: Vec<(&str, Vec<u8>, String)> = vec![
+        ("empty", Vec::new(), "it holds nothing".to_string()),
+        ("empty tar", vec![0u8; 10240], "it holds nothing".to_string()),
+        (
+            "random bytes",
+            (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+            "it is not a readable tar".to_string(),
+        ),
+        (
+            "a corrupt gzip",
+            gzip(&synthetic_base_tar(Arch::Amd64))[..2000].to_vec(),
+            "it does not decompress".to_string(),
+        ),
+        (
+            "no init",
+            synthetic_without(|_, n| !n.contains("systemd/systemd")),
+            "it has no init (none of /usr/lib/systemd/systemd, /lib/systemd/systemd, /sbin/init, /usr/sbin/init)".to_string(),
+        ),
+        (
+            "no /usr",
+            synthetic_without(|_, n| !n.starts_with("usr")),
+            "it has no /usr".to_string(),
+        ),
+    ];
+    for (what, bytes, why) in cases {
+        use_raw_base(&fx, &bytes);
+        let e = error_text(&fx.build("t").unwrap_err());
+        let want = format!(
+            "base tarball {} is not a root filesystem: {why}",
+            tarball.display()
+        );
+        assert!(e.contains(&want), "{what}: {e}");
+        assert!(
+            !e.chars().any(|c| c.is_control() && c != '\n'),
+            "{what}: raw bytes in the message: {e:?}"
+        );
+        assert!(fx.finished_outputs().is_empty(), "{what}");
+    }
+}
+
+#[test]
+fn a_tarball_without_its_directories_builds_as_with_them() {
+    let fx = Fixture::new(Arch::Amd64);
+    let with = fx.build_into("t", "out-with").unwrap();
+    // What `tar cf base.tar usr/bin/sh etc/hostname ...` gives: no directory entries.
+    use_raw_base(
+        &fx,
+        &synthetic_without(|h, _| h.entry_type() != tar::EntryType::Directory),
+    );
+    let without = fx.build_into("t", "out-without").unwrap();
+    let fs = Image::open(&without.image).unwrap().root().unwrap();
+    assert!(fs.exists("/etc/app/secret.conf").unwrap());
+    assert!(fs.exists("/usr/lib/systemd/systemd").unwrap());
+    // The directories tar(1) would make: root:root 0755.
+    let with_fs = Image::open(&with.image).unwrap().root().unwrap();
+    assert!(with_fs.exists("/var/lib/dpkg").unwrap());
+    assert!(fs.exists("/var/lib/dpkg").unwrap());
+}
+
+#[test]
+fn a_tarball_base_must_exist_even_when_the_cache_has_it() {
+    let fx = Fixture::new(Arch::Amd64);
+    fx.build_into("t", "out-a").unwrap();
+    let tarball = fx.root().join("base.tar.gz");
+    std::fs::remove_file(&tarball).unwrap();
+    let e = error_text(&fx.build_into("t", "out-b").unwrap_err());
+    assert!(
+        e.contains(&format!(
+            "base tarball {} does not exist",
+            tarball.display()
+        )),
+        "{e}"
+    );
+    // Another file under the same name: its sha256 is checked though the cache has the
+    // profile's.
+    std::fs::write(&tarball, b"other").unwrap();
+    let e = error_text(&fx.build_into("t", "out-b").unwrap_err());
+    assert!(e.contains("but the profile expects"), "{e}");
+}
+
+#[test]
+fn two_profiles_with_the_same_text_are_two_images() {
+    let fx = Fixture::new(Arch::Amd64);
+    // web1.toml and web2.toml: the image name, and so the hostname, is the profile's name.
+    let text = fx.profile_text().replace("name = \"test\"\n", "");
+    fx.write_profile("web1", &text);
+    fx.write_profile("web2", &text);
+    let a = fx.build("web1").unwrap();
+    let b = fx.build("web2").unwrap();
+    let id = |b: &Built| b.release.as_ref().unwrap().recipe_id.clone();
+    assert_ne!(id(&a), id(&b));
+    assert_ne!(a.sha256, b.sha256);
+    let ta = imagebuild::disk::read_table(&std::fs::File::open(&a.image).unwrap()).unwrap();
+    let tb = imagebuild::disk::read_table(&std::fs::File::open(&b.image).unwrap()).unwrap();
+    assert_ne!(ta.disk_guid, tb.disk_guid, "one disk GUID for two profiles");
+    let fs = |i: &Path| {
+        Image::open(i)
+            .unwrap()
+            .root()
+            .unwrap()
+            .read_to_string("/etc/hostname")
+            .unwrap()
+    };
+    assert_eq!(
+        (fs(&a.image), fs(&b.image)),
+        ("web1\n".to_string(), "web2\n".to_string())
+    );
+}

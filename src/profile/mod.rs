@@ -278,8 +278,13 @@ pub struct OverlaySpec {
 pub struct Recipe {
     /// Profile name (`prod-arm64`).
     pub profile: String,
-    /// Hex sha256 of the canonical merged profile.
+    /// The recipe id: hex sha256 of the profile's name and the canonical merged profile,
+    /// everything of the profile that reaches the image's bytes (the name is the image
+    /// name and hostname by default, and seeds the disk and filesystem ids through this).
     pub id: String,
+    /// The digest of the merged profile alone: the recipe id of locks written before the
+    /// id covered the name, still accepted for them.
+    pub content_id: String,
     pub image_name: String,
     pub version: String,
     pub arch: Arch,
@@ -371,7 +376,8 @@ impl Recipe {
             .iter()
             .map(|o| overlay_spec(project, &merged, o))
             .collect::<Result<_>>()?;
-        let id = digest(&merged.table);
+        let content_id = digest(&merged.table);
+        let id = recipe_id(&merged.name, &merged.table);
         let hostname = p
             .image
             .hostname
@@ -381,6 +387,7 @@ impl Recipe {
         Ok(Recipe {
             profile: merged.name.clone(),
             id,
+            content_id,
             hostname,
             image_name,
             version,
@@ -415,7 +422,20 @@ impl Recipe {
     }
 }
 
-/// The recipe id: sha256 over the canonical (sorted-key JSON) form of the merged profile.
+/// The recipe id of profile `name` with the merged `table`: two profiles with the same
+/// text under different names make different images (their hostnames, image names and ids
+/// differ), so the name is part of it.
+pub fn recipe_id(name: &str, table: &Table) -> String {
+    let canonical = serde_json::to_vec(table).unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(b"imagebuild-recipe-v2\0");
+    h.update(name.as_bytes());
+    h.update(b"\0");
+    h.update(&canonical);
+    hex::encode(h.finalize())
+}
+
+/// sha256 over the canonical (sorted-key JSON) form of the merged profile.
 pub fn digest(table: &Table) -> String {
     let canonical = serde_json::to_vec(table).unwrap_or_default();
     let mut h = Sha256::new();

@@ -126,8 +126,13 @@ fn digest_is_stable_and_tracks_content() {
     let (_d, p) = project(&[("profiles/a.toml", BASE), ("profiles/b.toml", BASE)]);
     let a = Recipe::load(&p, "a").unwrap();
     let b = Recipe::load(&p, "b").unwrap();
-    assert_eq!(a.id, b.id, "same content, same recipe id");
+    assert_eq!(a.content_id, b.content_id, "same content");
+    assert_ne!(
+        a.id, b.id,
+        "same text under two names: two images (hostname, image name, ids)"
+    );
     assert_eq!(a.id.len(), 64);
+    assert_eq!(Recipe::load(&p, "a").unwrap().id, a.id, "stable");
     let (_d2, p2) = project(&[("profiles/a.toml", &BASE.replace("1.0", "1.1"))]);
     assert_ne!(Recipe::load(&p2, "a").unwrap().id, a.id);
 }

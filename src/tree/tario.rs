@@ -33,6 +33,16 @@ impl Tree {
                 .with_context(|| format!("reading /{name} from {}", path.display()))?;
             tree.entries.insert(name, e);
         }
+        // A tar made without its directories (`tar cf x.tar a/b/file`) gets them as
+        // tar(1) would make them on extraction: root:root 0755.
+        let names: Vec<(String, i64)> = tree
+            .entries
+            .iter()
+            .map(|(n, e)| (n.clone(), e.mtime))
+            .collect();
+        for (name, mtime) in names {
+            tree.ensure_parents(&name, mtime);
+        }
         tree.base = Some(Arc::new(file));
         Ok(tree)
     }

@@ -1308,3 +1308,113 @@ fn two_profiles_with_the_same_text_are_two_images() {
         ("web1\n".to_string(), "web2\n".to_string())
     );
 }
+
+/// A copy of `image` at `to`, with `damage` done to it.
+fn damaged_copy(image: &Path, to: &Path, damage: impl FnOnce(&std::fs::File, u64)) -> PathBuf {
+    std::fs::copy(image, to).unwrap();
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(to)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    damage(&f, len);
+    to.to_path_buf()
+}
+
+fn poke(f: &std::fs::File, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[!b[0]], at).unwrap();
+}
+
+#[test]
+fn damaged_images_are_named_never_read_as_sound() {
+    let fx = Fixture::new(Arch::Amd64);
+    let built = fx.build("t").unwrap();
+    let image = &built.image;
+    let len = std::fs::metadata(image).unwrap().len();
+    let table = imagebuild::disk::read_table(&std::fs::File::open(image).unwrap()).unwrap();
+    let root = table.partitions[1].clone();
+    let p = |n: &str| fx.root().join(n);
+    let cases: Vec<(PathBuf, String)> = vec![
+        (
+            damaged_copy(image, &p("cut.raw"), |f, _| {
+                f.set_len(root.start + root.size / 2).unwrap()
+            }),
+            format!(
+                "its GPT says the disk is {:.1} MiB ({len} bytes): it was cut short",
+                len as f64 / 1048576.0
+            ),
+        ),
+        (
+            damaged_copy(image, &p("cut.raw"), |f, _| {
+                f.set_len(root.start + root.size / 2).unwrap()
+            }),
+            format!(
+                "partition 2 (root-x86-64) ends at byte {}, past the end of the file",
+                root.start + root.size
+            ),
+        ),
+        (
+            damaged_copy(image, &p("primary.raw"), |f, _| poke(f, 512 + 24)),
+            "the primary GPT header (LBA 1) has a wrong CRC32".to_string(),
+        ),
+        (
+            damaged_copy(image, &p("entries.raw"), |f, _| poke(f, 1024 + 60)),
+            "the primary GPT's entry array (LBA 2) has a wrong CRC32".to_string(),
+        ),
+        (
+            damaged_copy(image, &p("backup.raw"), |f, len| poke(f, len - 512 + 24)),
+            format!(
+                "the backup GPT header (LBA {}) has a wrong CRC32",
+                len / 512 - 1
+            ),
+        ),
+        (
+            // The root's superblock says the filesystem has twice its blocks.
+            damaged_copy(image, &p("ext4.raw"), |f, _| {
+                use std::os::unix::fs::FileExt;
+                let at = root.start + 1024 + 4;
+                let mut b = [0u8; 4];
+                f.read_exact_at(&mut b, at).unwrap();
+                let blocks = u32::from_le_bytes(b) * 2;
+                f.write_all_at(&blocks.to_le_bytes(), at).unwrap();
+            }),
+            "the ext4 filesystem of partition 2 (root-x86-64) is".to_string(),
+        ),
+    ];
+    for (copy, why) in &cases {
+        let name = copy.file_name().unwrap().to_string_lossy().into_owned();
+        let (code, _, err) = imagebuild(&["inspect".as_ref(), copy.as_os_str()]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(
+            err.contains(&format!("{} is damaged:", copy.display())),
+            "{name}: {err}"
+        );
+        assert!(err.contains(why.as_str()), "{name}: want {why:?} in {err}");
+        // diff neither says "the same" (0) nor "different" (1): it cannot compare (2).
+        let (code, out, err) = imagebuild(&["diff".as_ref(), image.as_os_str(), copy.as_os_str()]);
+        assert_eq!(code, 2, "{name}: {out}{err}");
+        assert!(err.contains(why.as_str()), "{name}: {err}");
+    }
+    // Not an image at all, and a qcow2.
+    std::fs::write(p("noise.raw"), vec![7u8; 1 << 20]).unwrap();
+    let (_, _, err) = imagebuild(&["inspect".as_ref(), p("noise.raw").as_os_str()]);
+    assert!(
+        err.contains("is not a GPT disk image (no GPT header at its start or end)"),
+        "{err}"
+    );
+    let mut qcow = b"QFI\xfb".to_vec();
+    qcow.resize(1 << 16, 0);
+    std::fs::write(p("disk.qcow2"), qcow).unwrap();
+    let (_, _, err) = imagebuild(&["inspect".as_ref(), p("disk.qcow2").as_os_str()]);
+    assert!(
+        err.contains("is a qcow2 image, not a raw GPT disk image"),
+        "{err}"
+    );
+    // The sound image still reads.
+    let (code, _, err) = imagebuild(&["inspect".as_ref(), image.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -401,6 +401,7 @@ fn read_head(path: &Path) -> Result<Vec<u8>> {
 /// The image's size, GPT, ends and data ranges; `path` names it in errors.
 pub fn source(image: &File, path: &Path) -> Result<Source> {
     use std::os::unix::fs::FileExt;
+    crate::inspect::integrity::require_sound(image, path)?;
     let len = image.metadata()?.len();
     let shown = path.display();
     let mut primary = vec![0u8; PRIMARY_BYTES];

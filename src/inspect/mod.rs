@@ -7,6 +7,7 @@
 
 pub mod diff;
 pub mod esp;
+pub mod integrity;
 pub mod kernel;
 pub mod report;
 pub mod rootfs;
@@ -54,6 +55,7 @@ impl ext4_view::Ext4Read for PartitionReader {
 impl Image {
     pub fn open(path: &Path) -> Result<Image> {
         let file = File::open(path).with_context(|| format!("opening image {}", path.display()))?;
+        integrity::require_sound(&file, path)?;
         let table = disk::read_table(&file).map_err(|e| {
             let msg = format!("{} is not a GPT disk image ({e:#})", path.display());
             UserError::new(Kind::Corrupt, msg)

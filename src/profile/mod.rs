@@ -395,7 +395,7 @@ impl Recipe {
             size,
             esp_size,
             formats,
-            epoch: p.image.source_date_epoch.unwrap_or(DEFAULT_EPOCH),
+            epoch: check_epoch(&merged, p.image.source_date_epoch)?,
             base,
             overlays,
             remove: p.files.remove.clone(),
@@ -455,6 +455,32 @@ fn check_name(m: &Merged, key: &str, v: &str, example: &str) -> Result<()> {
             "set [image] {key} to a plain name, e.g. \"{example}\""
         ))
         .into())
+}
+
+/// The earliest clock every part of an image can hold: FAT (the ESP) starts in 1980.
+const EPOCH_MIN: i64 = 315_532_800;
+/// The latest: the initramfs's cpio (newc) keeps 32-bit unsigned times, 2106-02-07.
+const EPOCH_MAX: i64 = u32::MAX as i64;
+
+/// `source-date-epoch` within what the ESP, the initramfs, ext4 and shadow can hold.
+fn check_epoch(m: &Merged, epoch: Option<i64>) -> Result<i64> {
+    let Some(e) = epoch else {
+        return Ok(DEFAULT_EPOCH);
+    };
+    if (EPOCH_MIN..=EPOCH_MAX).contains(&e) {
+        return Ok(e);
+    }
+    Err(UserError::invalid(format!(
+        "{}: source-date-epoch {e} is outside what the image can hold \
+         ({EPOCH_MIN}, 1980-01-01, to {EPOCH_MAX}, 2106-02-07: the ESP's FAT dates start \
+         in 1980, the initramfs keeps 32-bit times)",
+        m.locate("source-date-epoch")
+    ))
+    .hint(format!(
+        "set source-date-epoch to seconds since 1970 in that range, e.g. {DEFAULT_EPOCH} \
+         (2026-01-01), or `date -d 2026-01-01 +%s`"
+    ))
+    .into())
 }
 
 /// The hostname lands in /etc/hostname and the kernel: an RFC 1123 name. Without

@@ -553,3 +553,24 @@ fn hostnames_must_be_rfc_1123_names() {
     );
     assert!(hints[0].starts_with("set [image] hostname; "), "{hints:?}");
 }
+
+#[test]
+fn source_date_epoch_must_fit_the_image() {
+    for bad in ["-1", "0", "315532799", "4294967296", "13569465600"] {
+        let text = BASE.replace("[base]", &format!("source-date-epoch = {bad}\n[base]"));
+        let (_d, p) = project(&[("profiles/x.toml", &text)]);
+        let (msg, hints) = err(&p, "x");
+        assert!(
+            msg.contains(&format!(
+                "x.toml:4: source-date-epoch {bad} is outside what the image can hold"
+            )),
+            "{bad}: {msg}"
+        );
+        assert!(hints.iter().any(|h| h.contains("1767225600")), "{hints:?}");
+    }
+    for good in ["315532800", "1767225600", "4294967295"] {
+        let text = BASE.replace("[base]", &format!("source-date-epoch = {good}\n[base]"));
+        let (_d, p) = project(&[("profiles/x.toml", &text)]);
+        assert_eq!(Recipe::load(&p, "x").unwrap().epoch.to_string(), good);
+    }
+}

@@ -412,6 +412,9 @@ impl Ctx<'_> {
                 .read(true)
                 .write(true)
                 .open(&path)?;
+            if let Err(e) = f.set_len(layout.disk_size) {
+                return Err(too_large(self.recipe, layout.disk_size, &path, &e));
+            }
             disk::write_partition_table(&f, &layout, ids.disk_guid)?;
             let summary = format!(
                 "{} disk, root {}",
@@ -463,7 +466,7 @@ impl Ctx<'_> {
         let esp = &disk.layout.esp;
         t.stage(self.rep, "esp", |_| {
             let f = File::options().read(true).write(true).open(&disk.path)?;
-            fat::write_esp(
+            let written = fat::write_esp(
                 &f,
                 esp.start,
                 esp.size,
@@ -471,7 +474,10 @@ impl Ctx<'_> {
                 "ESP",
                 self.recipe.epoch,
                 &files,
-            )?;
+            );
+            if let Err(e) = written {
+                return Err(esp_full(self.recipe, esp.size, &files, e));
+            }
             Ok(((), format!("{} files", files.len())))
         })
     }
@@ -541,6 +547,52 @@ impl Ctx<'_> {
         std::fs::write(self.staging.path("SHA256SUMS"), output::sha256sums(sums))?;
         Ok(())
     }
+}
+
+/// An ESP write that ran out of room is the profile's `esp-size`, not the host's disk.
+fn esp_full(recipe: &Recipe, size: u64, files: &[fat::EspFile], e: anyhow::Error) -> anyhow::Error {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+            || c.to_string().contains("No space left")
+    });
+    if !full {
+        return e;
+    }
+    let need: u64 = files.iter().map(|f| f.data.len() as u64).sum();
+    let largest = files.iter().max_by_key(|f| f.data.len());
+    UserError::invalid(format!(
+        "{}: the ESP (esp-size {}) is too small for its files: {} in {} files{}",
+        recipe.merged.locate_key("esp-size"),
+        Bytes(size),
+        Bytes(need),
+        files.len(),
+        largest.map_or_else(String::new, |f| format!(
+            ", the largest {} ({})",
+            f.path,
+            Bytes(f.data.len() as u64)
+        ))
+    ))
+    .hint(format!(
+        "set [image] esp-size to at least {} MiB (the files, FAT's own tables and room for \
+         an update)",
+        (need * 2).div_ceil(1 << 20).max(40)
+    ))
+    .into()
+}
+
+/// The image file cannot be made `size` bytes long where it is written: the error names
+/// the profile's key and the directory.
+fn too_large(recipe: &Recipe, size: u64, path: &Path, e: &std::io::Error) -> anyhow::Error {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    UserError::invalid(format!(
+        "{}: the image is {} ({size} bytes), which {} cannot hold as one file ({e})",
+        recipe.merged.locate_key("size"),
+        Bytes(size),
+        dir.display()
+    ))
+    .hint("set [image] size smaller (or \"auto\"), or build with --out on a filesystem that takes files that large")
+    .into()
 }
 
 /// The UKI's systemd-stub is the one the lock recorded.
@@ -781,6 +833,44 @@ mod tests {
             format!(
                 "the image has sha256 {sha}, but --expect-sha256 is {other}; nothing was published"
             )
+        );
+    }
+
+    #[test]
+    fn a_uki_larger_than_the_esp_names_esp_size() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("profiles")).unwrap();
+        std::fs::write(
+            d.path().join("profiles/x.toml"),
+            "[image]\narch = \"amd64\"\nversion = \"1\"\nesp-size = \"33M\"\n[base]\ndistro = \"debian\"\n",
+        )
+        .unwrap();
+        let recipe = Recipe::load(&Project::new(d.path()), "x").unwrap();
+        let size = 66_576 * 512;
+        let disk = d.path().join("esp.img");
+        let f = File::options()
+            .create(true)
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap();
+        f.set_len(size).unwrap();
+        let files = [fat::EspFile {
+            path: "EFI/BOOT/BOOTX64.EFI".into(),
+            data: vec![1u8; 40 << 20],
+        }];
+        let e = fat::write_esp(&f, 0, size, 1, "ESP", 1_767_225_600, &files).unwrap_err();
+        let e = esp_full(&recipe, size, &files, e);
+        assert_eq!(
+            e.to_string(),
+            "profiles/x.toml:4: the ESP (esp-size 32.5 MiB) is too small for its files: 40.0 MiB in 1 files, the largest EFI/BOOT/BOOTX64.EFI (40.0 MiB)"
+        );
+        assert!(
+            crate::error::hints(&e)
+                .iter()
+                .any(|h| h.contains("esp-size to at least 80 MiB")),
+            "{:?}",
+            crate::error::hints(&e)
         );
     }
 }

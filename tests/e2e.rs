@@ -1209,10 +1209,16 @@ fn recovery_through_a_rescue_system_keeps_the_state() {
     assert!(health.contains("\"image\":\"rescue\""), "{health}");
     let mut ssh = rescue_ssh(&key, &p.join("known-1"));
     let url = |dev: &str| format!("ssh://ops@127.0.0.1:{port}{dev}");
+    // The guest's two NVMe controllers enumerate in either order: ask which is its root.
+    let root_part = guest(&key, port, "findmnt -n -o SOURCE /")
+        .trim()
+        .to_string();
+    let root_disk = root_part.trim_end_matches("p2").to_string();
+    assert!(root_disk.starts_with("/dev/nvme"), "{root_part}");
     let mut args: Vec<String> = vec![
         "flash".into(),
         "srv".into(),
-        url("/dev/nvme0n1"),
+        url(&root_disk),
         "--yes".into(),
         "--expect-serial".into(),
         "imagebuild".into(),
@@ -1229,7 +1235,9 @@ fn recovery_through_a_rescue_system_keeps_the_state() {
         "flashing the rescue system's own disk must fail"
     );
     assert!(
-        err.contains("it holds the running system's root filesystem (/ is /dev/nvme0n1p2)"),
+        err.contains(&format!(
+            "it holds the running system's root filesystem (/ is {root_part})"
+        )),
         "{err}"
     );
     let t0 = std::time::Instant::now();

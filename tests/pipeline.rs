@@ -1418,3 +1418,20 @@ fn damaged_images_are_named_never_read_as_sound() {
     let (code, _, err) = imagebuild(&["inspect".as_ref(), image.as_os_str()]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn a_size_no_file_can_have_names_the_key() {
+    let fx = Fixture::new(Arch::Amd64);
+    fx.write_profile(
+        "t",
+        &fx.profile_text()
+            .replace("esp-size = \"40M\"", "esp-size = \"40M\"\nsize = \"9000T\""),
+    );
+    let e = error_text(&fx.build("t").unwrap_err());
+    assert!(
+        e.contains("t.toml:6: the image is 9216000.00 GiB (9895604649984000 bytes), which"),
+        "{e}"
+    );
+    assert!(e.contains("cannot hold as one file"), "{e}");
+    assert!(fx.finished_outputs().is_empty());
+}

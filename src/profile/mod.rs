@@ -46,6 +46,18 @@ impl Source {
         Some(self.text[..at].matches('\n').count() + 1)
     }
 
+    /// The line that sets `key` (`key = ...` at the start of a line).
+    pub fn line_of_key(&self, key: &str) -> Option<usize> {
+        self.text
+            .lines()
+            .position(|l| {
+                l.trim_start()
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            })
+            .map(|i| i + 1)
+    }
+
     fn line_at(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())]
             .matches('\n')
@@ -64,6 +76,18 @@ pub struct Merged {
 }
 
 impl Merged {
+    /// "profiles/x.toml:12" for the first file (child first) that sets `key`.
+    pub fn locate_key(&self, key: &str) -> String {
+        self.sources
+            .iter()
+            .rev()
+            .find_map(|s| {
+                s.line_of_key(key)
+                    .map(|l| format!("{}:{l}", s.path.display()))
+            })
+            .unwrap_or_else(|| self.locate(key))
+    }
+
     /// "profiles/x.toml:12" for the first file (child first) mentioning `needle`.
     pub fn locate(&self, needle: &str) -> String {
         self.sources
@@ -209,13 +233,46 @@ impl Project {
                         self.shown(&path).display()
                     ),
                 };
-                Err(UserError::invalid(msg)
-                    .hint(format!("profiles here: {known}"))
-                    .into())
+                let hint = if known.is_empty() {
+                    format!(
+                        "no profiles in {}: run imagebuild in a project directory, or pass -C DIR",
+                        self.shown(&self.profiles_dir()).display()
+                    )
+                } else {
+                    format!("profiles here: {known}")
+                };
+                Err(UserError::invalid(msg).hint(hint).into())
             }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(not_utf8(
+                &self.shown(&path),
+                &std::fs::read(&path).unwrap_or_default(),
+            )),
             Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
         }
     }
+}
+
+/// The error for a profile that is not UTF-8: where the first bad byte is.
+fn not_utf8(shown: &Path, bytes: &[u8]) -> anyhow::Error {
+    let good = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(e) => e.valid_up_to(),
+    };
+    let before = &bytes[..good];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = good
+        - before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1)
+        + 1;
+    UserError::invalid(format!(
+        "{}:{line}:{column}: not UTF-8 (byte 0x{:02x}); profiles are TOML, which is UTF-8",
+        shown.display(),
+        bytes.get(good).copied().unwrap_or(0)
+    ))
+    .hint("save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)")
+    .into()
 }
 
 /// Parses one file strictly (unknown keys and wrong types are errors with file:line).
@@ -606,6 +663,18 @@ fn base_spec(project: &Project, m: &Merged, p: &ProfileFile) -> Result<BaseSpec>
 fn overlay_spec(project: &Project, m: &Merged, o: &schema::OverlaySection) -> Result<OverlaySpec> {
     let dir = project.root.join(&o.path);
     let at = m.locate(&format!("\"{}\"", o.path));
+    if dir.exists() && !dir.is_dir() {
+        return Err(UserError::invalid(format!(
+            "{at}: overlay {} is a file, not a directory",
+            o.path
+        ))
+        .hint(format!(
+            "point [[overlay]] path at a directory whose files are laid out as in the image \
+             (e.g. overlays/web/etc/motd for /etc/motd), or move {} into one",
+            o.path
+        ))
+        .into());
+    }
     if !dir.is_dir() {
         return Err(UserError::invalid(format!(
             "{at}: overlay directory {} does not exist",

@@ -574,3 +574,45 @@ fn source_date_epoch_must_fit_the_image() {
         assert_eq!(Recipe::load(&p, "x").unwrap().epoch.to_string(), good);
     }
 }
+
+#[test]
+fn messages_name_the_file_the_line_and_the_fix() {
+    // An overlay path that is a file.
+    let text = format!("{BASE}[[overlay]]\npath = \"motd\"\n");
+    let (_d, p) = project(&[("profiles/x.toml", &text), ("motd", "hi\n")]);
+    let (msg, hints) = err(&p, "x");
+    assert!(
+        msg.contains("x.toml:9: overlay motd is a file, not a directory"),
+        "{msg}"
+    );
+    assert!(
+        hints[0].contains("point [[overlay]] path at a directory"),
+        "{hints:?}"
+    );
+
+    // Not UTF-8: where the first bad byte is.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("profiles")).unwrap();
+    std::fs::write(
+        d.path().join("profiles/l.toml"),
+        b"[image]\nname = \"caf\xe9\"\n",
+    )
+    .unwrap();
+    let (msg, hints) = err(&Project::new(d.path()), "l");
+    assert!(
+        msg.ends_with(
+            "profiles/l.toml:2:12: not UTF-8 (byte 0xe9); profiles are TOML, which is UTF-8"
+        ),
+        "{msg}"
+    );
+    assert!(hints[0].contains("save the file as UTF-8"), "{hints:?}");
+
+    // Outside a project: say so, and how to point at one.
+    let empty = tempfile::tempdir().unwrap();
+    let (msg, hints) = err(&Project::new(empty.path()), "prod");
+    assert!(msg.contains("no profile `prod`"), "{msg}");
+    assert!(
+        hints[0].contains("run imagebuild in a project directory, or pass -C DIR"),
+        "{hints:?}"
+    );
+}

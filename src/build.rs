@@ -551,10 +551,12 @@ impl Ctx<'_> {
 
 /// An ESP write that ran out of room is the profile's `esp-size`, not the host's disk.
 fn esp_full(recipe: &Recipe, size: u64, files: &[fat::EspFile], e: anyhow::Error) -> anyhow::Error {
+    // fatfs says "No space left on device" itself (no OS error) when the FAT has no free
+    // cluster; the host's full disk is the OS error ENOSPC, left as it is.
     let full = e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
-            || c.to_string().contains("No space left")
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.raw_os_error().is_none() && io.to_string() == "No space left on device"
+        })
     });
     if !full {
         return e;

@@ -266,6 +266,9 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             print_error(&e);
+            if let Some(note) = disk_full(&cli, &e) {
+                crate::say!("hint: {note}");
+            }
             if matches!(cli.command, Command::Diff { .. }) {
                 ExitCode::from(DIFF_ERROR)
             } else {
@@ -273,6 +276,43 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// For an error that is a full filesystem: how much room the output and the cache have,
+/// so the full one is named (they are often on different filesystems).
+fn disk_full(cli: &Cli, e: &anyhow::Error) -> Option<String> {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+            || c.to_string().contains("No space left on device")
+    });
+    if !full {
+        return None;
+    }
+    let project = Project::new(&cli.directory);
+    let free = |what: &str, dir: &std::path::Path| -> String {
+        // The directory may not exist yet: its nearest existing parent is where it goes.
+        let mut d = dir;
+        while !d.exists() {
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        match rustix::fs::statvfs(d) {
+            Ok(st) => format!(
+                "{what} {} has {} free",
+                dir.display(),
+                Bytes(st.f_bavail * st.f_frsize)
+            ),
+            Err(e) => format!("{what} {}: {e}", dir.display()),
+        }
+    };
+    Some(format!(
+        "a filesystem is full: {}; {} (move one with --out or --cache-dir, or `imagebuild clean`)",
+        free("the output", &out_root(cli, &project)),
+        free("the cache", cache(cli).root())
+    ))
 }
 
 fn print_error(e: &anyhow::Error) {

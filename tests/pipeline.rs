@@ -1435,3 +1435,35 @@ fn a_size_no_file_can_have_names_the_key() {
     assert!(e.contains("cannot hold as one file"), "{e}");
     assert!(fx.finished_outputs().is_empty());
 }
+
+#[test]
+fn a_full_output_filesystem_is_named() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let fx = Fixture::new(Arch::Amd64);
+    let small = fx.root().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (code, _, err) =
+        imagebuild_in(&fx, &["--out", small.to_str().unwrap(), "-q", "build", "t"]);
+    let _ = Command::new("umount").arg(&small).status();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "hint: a filesystem is full: the output {} has",
+            small.display()
+        )) && err.contains(&format!(
+            "the cache {} has",
+            fx.root().join("cache").display()
+        )),
+        "{err}"
+    );
+}

@@ -7,7 +7,7 @@ BIN := target/release/imagebuild
 # Downloaded packages and bootstrapped bases are kept here between runs.
 export IMAGEBUILD_CACHE ?= $(HOME)/.cache/imagebuild
 
-.PHONY: image test test-fast test-e2e test-arm64-stack bench setup build doctor clean
+.PHONY: image stack-image test test-fast test-e2e test-arm64-stack bench setup build doctor clean
 
 setup:
 	@if [ "$$(id -u)" -eq 0 ]; then bash scripts/host-setup.sh; else sudo bash scripts/host-setup.sh; fi
@@ -17,8 +17,15 @@ build:
 	$(CARGO) build --release --locked
 
 ## Build the default image (PROFILE=prod-amd64), boot-tested before it is published.
-image: setup build
+## PROFILE=stack-amd64 makes its container image first (stack-image).
+image: setup build $(if $(findstring stack,$(PROFILE)),stack-image)
 	$(BIN) build $(PROFILE) --verify
+
+## The container image of the shipped stack example (stacks/web): busybox httpd for amd64
+## and arm64 from this host's busybox-static packages, as the OCI archive
+## profiles/stack-amd64.toml reads. Deterministic: the same packages, the same digest.
+stack-image: build
+	bash scripts/hello-image.sh target/stack/hello.oci.tar target/e2e-hello
 
 ## The whole test suite: fast tests, then real Debian builds and QEMU boots of both arches.
 test: setup test-fast test-e2e

@@ -119,11 +119,8 @@ measure "diff (one overlay file changed)" "$BIN" diff "$a" "$b"
 "$BIN" diff "$a" "$b" | sed 's/^/    /' || true
 
 echo "== stack-amd64: a Compose stack baked into the image =="
-reg=$(bash scripts/test-registry.sh start 5124)
-trap 'bash scripts/test-registry.sh stop "$reg"; rm -rf "$work"' EXIT
-digest=$(bash scripts/hello-image.sh 127.0.0.1:5124/hello:1 "$PWD/target/e2e-hello")
+bash scripts/hello-image.sh "$work/target/stack/hello.oci.tar" "$PWD/target/e2e-hello" >/dev/null
 cp -a stacks "$work/"
-sed -i "s|^    image: .*|    image: 127.0.0.1:5124/hello:1@$digest|" "$work/stacks/web/compose.yaml"
 build stack-amd64 "$work/cache-cold" "$work/stack.json" --verify --timeout 900
 printf '  bake: %.2f s, %.1f MiB fetched, %.1f MiB baked (cold blob cache)\n' \
   "$(json "$work/stack.json" 'dict(d["timings"])["stacks"]')" \

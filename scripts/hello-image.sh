@@ -4,7 +4,8 @@
 # and pushes the multi-arch index to a registry with skopeo.
 #
 #   scripts/hello-image.sh DEST [WORK]
-#     DEST  e.g. 127.0.0.1:5000/hello:1 (plain http; loopback registries only)
+#     DEST  e.g. 127.0.0.1:5000/hello:1 (plain http; loopback registries only), or a file
+#           ending in .tar: an OCI layout archive, nothing pushed (`make stack-image`)
 #     WORK  directory for the downloaded packages and the layout (default: a temp dir)
 #
 # Prints the pushed index digest (sha256:...) on stdout. The image is built by the
@@ -28,6 +29,14 @@ for arch in amd64 arm64; do
 	fi
 done
 
+case $dest in
+*.tar)
+	case $dest in /*) ;; *) dest=$PWD/$dest ;; esac
+	(cd "$here" && cargo run -q --release --example hello-image -- \
+		"$dest" "$work/amd64/bin/busybox" "$work/arm64/bin/busybox")
+	exit 0
+	;;
+esac
 rm -rf "$work/layout"
 (cd "$here" && cargo run -q --release --example hello-image -- \
 	"$work/layout" "$work/amd64/bin/busybox" "$work/arm64/bin/busybox") >&2

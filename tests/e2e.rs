@@ -1022,6 +1022,31 @@ fn state_survives_a_second_boot_and_is_never_formatted_over() {
     );
 }
 
+/// `ssh -o ProxyCommand=python3 relay.py HOST PORT LIMIT`: relays the connection and
+/// drops it once LIMIT bytes went out (a connection that breaks mid-flash).
+const RELAY: &str = r#"import os, socket, sys, threading
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+limit = int(sys.argv[3])
+def down():
+    while True:
+        b = s.recv(65536)
+        if not b:
+            os._exit(0)
+        os.write(1, b)
+threading.Thread(target=down, daemon=True).start()
+sent = 0
+while True:
+    b = os.read(0, 65536)
+    if not b:
+        break
+    s.sendall(b)
+    sent += len(b)
+    if sent > limit:
+        os._exit(1)
+s.shutdown(socket.SHUT_WR)
+threading.Event().wait()
+"#;
+
 /// A QEMU guest started with `imagebuild run`, killed when dropped. Its console lines
 /// arrive on a channel.
 struct Vm {
@@ -1240,6 +1265,36 @@ fn recovery_through_a_rescue_system_keeps_the_state() {
         )),
         "{err}"
     );
+    // The connection breaks mid-write (a relay that gives up after 40 MB): an error, and
+    // the disk is left without a partition table.
+    let relay = p.join("relay.py");
+    std::fs::write(&relay, RELAY).unwrap();
+    let mut args: Vec<String> = vec!["flash".into(), "srv".into(), url(disk), "--yes".into()];
+    args.extend(ssh.clone());
+    args.extend([
+        "--ssh-option".into(),
+        format!("ProxyCommand=python3 {} %h %p 40000000", relay.display()),
+    ]);
+    let broken = imagebuild(
+        p,
+        &out,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let err = String::from_utf8_lossy(&broken.stderr).into_owned();
+    assert!(
+        !broken.status.success(),
+        "a broken connection passed: {err}"
+    );
+    let mut lba1 = [0u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(&File::open(&target).unwrap(), &mut lba1, 512)
+        .unwrap();
+    assert_ne!(&lba1, b"EFI PART", "a half-written disk has a GPT: {err}");
+    eprintln!(
+        "broken connection: {}",
+        err.lines().find(|l| l.starts_with("error")).unwrap_or("")
+    );
+
+    // Again, whole: it completes.
     let t0 = std::time::Instant::now();
     let mut args: Vec<String> = vec![
         "flash".into(),

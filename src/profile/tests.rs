@@ -616,3 +616,34 @@ fn messages_name_the_file_the_line_and_the_fix() {
         "{hints:?}"
     );
 }
+
+#[test]
+fn the_shipped_stack_example_says_how_to_make_its_image() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = tempfile::tempdir().unwrap();
+    for dir in ["profiles", "overlays", "stacks"] {
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(repo.join(dir))
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let _ = std::fs::remove_file(d.path().join("profiles/stack-amd64.lock"));
+    let p = Project::new(d.path());
+    let (msg, hints) = err(&p, "stack-amd64");
+    assert!(
+        msg.contains("OCI archive target/stack/hello.oci.tar of stack `web` does not exist"),
+        "{msg}"
+    );
+    assert_eq!(
+        hints,
+        ["the shipped stack example's image: run `make stack-image` first"]
+    );
+    // With the archive `make stack-image` writes, the example loads.
+    std::fs::create_dir_all(d.path().join("target/stack")).unwrap();
+    std::fs::write(d.path().join("target/stack/hello.oci.tar"), b"").unwrap();
+    let r = Recipe::load(&p, "stack-amd64");
+    assert!(r.is_ok() || !format!("{:#}", r.unwrap_err()).contains("hello.oci.tar"));
+}

@@ -44,11 +44,14 @@ alloc=$(( $(stat -c %b "$img") * 512 ))
 mib() { awk "BEGIN{printf \"%.0f\", $1 / 1048576}"; }
 echo "== flash: prod-amd64, $(mib "$size") MiB image, $(mib "$alloc") MiB of data =="
 
-report() { # report LABEL JSON WALL
-  printf '  %-34s %6.1f s  (write %.1f s, read back %.1f s; %s MiB written, %s MiB zeroed) verified\n' \
-    "$1" "$3" "$(json "$2" 'd["write_seconds"]')" "$(json "$2" 'd["read_back_seconds"]')" \
+report() { # report LABEL JSON WALL: image MiB/s without and with the read-back
+  printf '  %-34s %6.1f s  (write %.1f s = %.0f MiB/s of image, with read back %.1f s = %.0f MiB/s; %s MiB written, %s MiB zeroed) verified\n' \
+    "$1" "$3" "$(json "$2" 'd["write_seconds"]')" "$(json "$2" 'd["image_bytes"]/2**20/d["write_seconds"]')" \
+    "$(json "$2" 'd["write_seconds"]+d["read_back_seconds"]')" \
+    "$(json "$2" 'd["image_bytes"]/2**20/(d["write_seconds"]+d["read_back_seconds"])')" \
     "$(json "$2" 'round(d["written"]/2**20)')" "$(json "$2" 'round(d["zeroed"]/2**20)')"
 }
+mibs() { awk "BEGIN{printf \"%.0f\", $size / 1048576 / $1}"; } # image MiB/s over SECONDS
 
 # A file, 4 GiB (larger than the image: the GPT moves).
 cold
@@ -61,7 +64,8 @@ t0=$(now)
 dd if="$img" of="$scratch/dd.img" bs=4M conv=sparse,fsync status=none
 cold
 sha256sum "$scratch/dd.img" >/dev/null
-printf '  %-34s %6.1f s\n' "dd conv=sparse,fsync + sha256sum" "$(since "$t0")"
+w=$(since "$t0")
+printf '  %-34s %6.1f s = %s MiB/s\n' "dd conv=sparse,fsync + sha256sum" "$w" "$(mibs "$w")"
 rm -f "$scratch/dd.img"
 
 # A loop device over a 4 GiB file.
@@ -75,7 +79,8 @@ cold
 t0=$(now)
 dd if="$img" of="$loopdev" bs=4M oflag=direct conv=fsync status=none
 head -c "$size" <(dd if="$loopdev" bs=4M iflag=direct status=none) | sha256sum >/dev/null
-printf '  %-34s %6.1f s\n' "dd oflag=direct + iflag=direct | sha256sum" "$(since "$t0")"
+w=$(since "$t0")
+printf '  %-34s %6.1f s = %s MiB/s\n' "dd oflag=direct + iflag=direct | sha256sum" "$w" "$(mibs "$w")"
 losetup -d "$loopdev"
 loopdev=
 rm -f "$scratch/loop.raw"
@@ -125,5 +130,6 @@ zstd -q -c -T0 "$img" | ssh "${sshopts[@]}" -p "$port" ops@127.0.0.1 \
 t1=$(now)
 ssh "${sshopts[@]}" -p "$port" ops@127.0.0.1 \
   "sudo dd if=$disk bs=4M iflag=direct status=none | head -c $size | sha256sum" >/dev/null
-printf '  %-34s %6.1f s  (write %.1f s, read back %.1f s)\n' "zstd | ssh dd, then ssh dd | sha256sum" \
-  "$(since "$t0")" "$(awk "BEGIN{print $t1 - $t0}")" "$(since "$t1")"
+w=$(awk "BEGIN{print $t1 - $t0}")
+printf '  %-34s %6.1f s  (write %.1f s = %s MiB/s, with read back %s MiB/s)\n' "zstd | ssh dd, then ssh dd | sha256sum" \
+  "$(since "$t0")" "$w" "$(mibs "$w")" "$(mibs "$(since "$t0")")"

@@ -7,7 +7,7 @@ BIN := target/release/imagebuild
 # Downloaded packages and bootstrapped bases are kept here between runs.
 export IMAGEBUILD_CACHE ?= $(HOME)/.cache/imagebuild
 
-.PHONY: image stack-image test test-fast test-e2e test-arm64-stack bench setup build doctor clean
+.PHONY: fuzz image stack-image test test-fast test-e2e test-arm64-stack bench setup build doctor clean
 
 setup:
 	@if [ "$$(id -u)" -eq 0 ]; then bash scripts/host-setup.sh; else sudo bash scripts/host-setup.sh; fi
@@ -44,6 +44,12 @@ test-arm64-stack: setup build
 	$(CARGO) test --release --locked --test e2e -- --ignored --nocapture --exact arm64_stack_server_boots_with_its_user_and_stack
 
 ## Timings and sizes (prints the numbers the issues ask for).
+## Every fuzz target under AFL++ (cargo-afl), FUZZ_SECONDS each (default an hour), then
+## executions, paths, crashes and hangs per target. Not in `make test`.
+FUZZ_SECONDS ?= 3600
+fuzz: setup build
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
 bench: setup build
 	bash scripts/bench.sh
 

@@ -87,6 +87,16 @@ impl Image {
     /// The root filesystem.
     pub fn root(&self) -> Result<ext4_view::Ext4> {
         let r = self.root_region()?;
+        let mut sb = vec![0u8; 1024];
+        self.file
+            .read_exact_at(&mut sb, r.start + 1024)
+            .context("reading the root filesystem's superblock")?;
+        integrity::check_ext4_superblock(&sb, r.size).map_err(|why| {
+            UserError::new(
+                Kind::Corrupt,
+                format!("the root filesystem is damaged: its superblock says {why}"),
+            )
+        })?;
         let reader = PartitionReader {
             file: self.file.try_clone()?,
             start: r.start,

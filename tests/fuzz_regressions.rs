@@ -35,3 +35,17 @@ fn ext4_superblocks_that_made_ext4_view_abort_are_refused() {
         assert!(verdict.is_err(), "{name}: passed the superblock check");
     }
 }
+
+/// fatfs overflowed on these ESPs (cluster numbers below 2, cluster arithmetic): reading
+/// them is an error about a damaged FAT, never a panic out of read_esp.
+#[test]
+fn fat_filesystems_that_overflowed_fatfs_are_errors() {
+    for (name, data) in inputs("fat") {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("esp.img");
+        std::fs::write(&path, &data).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let read = imagebuild::fs::fat::read_esp(&file, 0, data.len() as u64);
+        assert!(read.is_err(), "{name}: read as a sound FAT");
+    }
+}

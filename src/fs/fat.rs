@@ -85,7 +85,23 @@ pub fn write_esp(
 
 /// Lists the regular files of a FAT filesystem at `offset`/`size` of `disk`, sorted by path,
 /// with their contents. Never writes to `disk`.
+///
+/// fatfs does arithmetic on the filesystem's own numbers unchecked (a cluster number below
+/// 2, a cluster count times its size: found by the `fat` fuzz target); those overflows are
+/// checked in every build (Cargo.toml) and a panic they raise is this function's error
+/// about a damaged FAT, not the end of imagebuild.
 pub fn read_esp(disk: &File, offset: u64, size: u64) -> Result<Vec<EspFile>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_esp_unguarded(disk, offset, size)
+    }))
+    .unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "the FAT filesystem is damaged: its numbers overflow (see the message above)"
+        ))
+    })
+}
+
+fn read_esp_unguarded(disk: &File, offset: u64, size: u64) -> Result<Vec<EspFile>> {
     let region = FileRange::read_only(disk, offset, size)?;
     let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new())
         .context("opening the FAT filesystem")?;

@@ -107,7 +107,7 @@ vm=$!
 sshopts=(-i "$scratch/id" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
 t0=$(now)
 until ssh "${sshopts[@]}" -o ConnectTimeout=5 -p "$port" ops@127.0.0.1 true 2>/dev/null; do
-  if [ "$(awk "BEGIN{print ($(now) - $t0) > 300}")" = 1 ]; then
+  if awk "BEGIN{exit !($(now) - $t0 > 300)}"; then
     echo "bench-flash: the rescue VM did not answer ssh in 300 s; console:" >&2
     tail -n 30 "$scratch/vm.log" >&2
     exit 1

@@ -7,7 +7,9 @@ use std::path::Path;
 
 /// The fixtures of `target` (tests/fixtures/fuzz/TARGET/*.gz), decompressed.
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz")
+        .join(target);
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| {
@@ -30,8 +32,7 @@ fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
 fn ext4_superblocks_that_made_ext4_view_abort_are_refused() {
     for (name, data) in inputs("ext4") {
         let sb = data.get(1024..2048).unwrap_or_default();
-        let verdict =
-            imagebuild::inspect::integrity::check_ext4_superblock(sb, data.len() as u64);
+        let verdict = imagebuild::inspect::integrity::check_ext4_superblock(sb, data.len() as u64);
         assert!(verdict.is_err(), "{name}: passed the superblock check");
     }
 }

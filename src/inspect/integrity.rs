@@ -136,22 +136,29 @@ fn partitions(file: &File, hd: &Header) -> Vec<(usize, String, u64, u64)> {
 /// superblock; None when there is none there.
 fn ext4_bytes(file: &File, start: u64) -> Option<u64> {
     let sb = read(file, start + 1024, 1024)?;
-    if u16::from_le_bytes([sb[56], sb[57]]) != 0xEF53 {
-        return None;
+    let (block, blocks) = ext4_geometry(&sb).ok()?;
+    Some(blocks.saturating_mul(block))
+}
+
+/// An ext4 superblock's block size and block count; Err when it is none.
+fn ext4_geometry(sb: &[u8]) -> std::result::Result<(u64, u64), String> {
+    if sb.len() < 1024 {
+        return Err("no room for an ext4 superblock".into());
     }
-    let log = u32_at(&sb, 24);
+    if u16::from_le_bytes([sb[56], sb[57]]) != 0xEF53 {
+        return Err("no ext4 superblock (magic)".into());
+    }
+    let log = u32_at(sb, 24);
     if log > 6 {
-        return None;
+        return Err(format!("a block size of 2^{} bytes", 10 + log));
     }
     let block = 1024u64 << log;
-    let incompat = u32_at(&sb, 96);
-    let hi = if incompat & 0x80 != 0 {
-        u64::from(u32_at(&sb, 0x150))
+    let hi = if u32_at(sb, 96) & 0x80 != 0 {
+        u64::from(u32_at(sb, 0x150))
     } else {
         0
     };
-    let blocks = (hi << 32) | u64::from(u32_at(&sb, 4));
-    Some(blocks.saturating_mul(block))
+    Ok((block, (hi << 32) | u64::from(u32_at(sb, 4))))
 }
 
 fn mib(bytes: u64) -> String {
@@ -276,28 +283,10 @@ pub fn require_sound(file: &File, path: &Path) -> Result<()> {
 /// from these fields, and a damaged one made it ask for 68 GB and abort (found by the
 /// `ext4` fuzz target). Err says what is impossible.
 pub fn check_ext4_superblock(sb: &[u8], size: u64) -> std::result::Result<(), String> {
-    if sb.len() < 1024 {
-        return Err("no room for an ext4 superblock".into());
-    }
-    if u16::from_le_bytes([sb[56], sb[57]]) != 0xEF53 {
-        return Err("no ext4 superblock (magic)".into());
-    }
-    let log = u32_at(sb, 24);
-    if log > 6 {
-        return Err(format!("a block size of 2^{} bytes", 10 + log));
-    }
-    let block = 1024u64 << log;
+    let (block, blocks) = ext4_geometry(sb)?;
     let incompat = u32_at(sb, 96);
-    let hi = if incompat & 0x80 != 0 {
-        u64::from(u32_at(sb, 0x150))
-    } else {
-        0
-    };
-    let blocks = (hi << 32) | u64::from(u32_at(sb, 4));
     if blocks.saturating_mul(block) > size {
-        return Err(format!(
-            "{blocks} blocks of {block} bytes in {size} bytes"
-        ));
+        return Err(format!("{blocks} blocks of {block} bytes in {size} bytes"));
     }
     let per_group = u64::from(u32_at(sb, 0x20));
     let inodes_per_group = u64::from(u32_at(sb, 0x28));
@@ -310,7 +299,9 @@ pub fn check_ext4_superblock(sb: &[u8], size: u64) -> std::result::Result<(), St
     let groups = blocks.div_ceil(per_group);
     let inodes = u64::from(u32_at(sb, 0));
     if inodes > groups.saturating_mul(inodes_per_group) {
-        return Err(format!("{inodes} inodes in {groups} groups of {inodes_per_group}"));
+        return Err(format!(
+            "{inodes} inodes in {groups} groups of {inodes_per_group}"
+        ));
     }
     let inode_size = u64::from(u16::from_le_bytes([sb[0x58], sb[0x59]]));
     if u32_at(sb, 0x4c) >= 1 && !(128..=block).contains(&inode_size) {

@@ -50,3 +50,32 @@ fn fat_filesystems_that_overflowed_fatfs_are_errors() {
         assert!(read.is_err(), "{name}: read as a sound FAT");
     }
 }
+
+/// ext4-view allocated (or would stream) what a damaged inode claims, 190 GB to 2 TB: a
+/// file read whole or hashed is refused past its filesystem's size, as inspect and diff
+/// read them. A test that aborts or runs for hours fails.
+#[test]
+fn files_claiming_more_than_their_filesystem_are_errors() {
+    let mut refused = 0;
+    for (name, data) in inputs("ext4-read") {
+        let sb = data.get(1024..2048).unwrap_or_default();
+        if imagebuild::inspect::integrity::check_ext4_superblock(sb, data.len() as u64).is_err() {
+            continue;
+        }
+        let Ok(fs) = ext4_view::Ext4::load(Box::new(data.clone())) else {
+            continue;
+        };
+        let Ok(entries) = imagebuild::inspect::rootfs::walk(&fs) else {
+            continue;
+        };
+        let mut contents = imagebuild::inspect::rootfs::Contents::new(&fs).limit(data.len() as u64);
+        for e in entries.iter().filter(|e| e.is_file()).take(64) {
+            if e.size > data.len() as u64 {
+                assert!(contents.sha256(e).is_err(), "{name}: {} hashed", e.path);
+                assert!(contents.keep(e).is_err(), "{name}: {} read", e.path);
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "no input had a file claiming too much");
+}

@@ -139,7 +139,11 @@ pub fn diff(old: &Path, new: &Path) -> Result<Diff> {
             .with_context(|| format!("reading the root filesystem of {}", p.display()))
     };
     let (entries_a, entries_b) = (walk(&a, old)?, walk(&b, new)?);
-    let (mut ca, mut cb) = (Contents::new(&a.fs), Contents::new(&b.fs));
+    let limit = |s: &Side| s.image.root_region().map(|r| r.size);
+    let (mut ca, mut cb) = (
+        Contents::new(&a.fs).limit(limit(&a)?),
+        Contents::new(&b.fs).limit(limit(&b)?),
+    );
     let packages = diff_packages(
         &rootfs::packages(&entries_a, &mut ca)?,
         &rootfs::packages(&entries_b, &mut cb)?,

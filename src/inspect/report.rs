@@ -38,7 +38,7 @@ pub fn inspect(image: &Path, hash: bool) -> Result<Report> {
         .root()
         .with_context(|| format!("reading the root filesystem of {}", image.display()))?;
     let mut files = rootfs::walk(&fs)?;
-    let mut contents = Contents::new(&fs);
+    let mut contents = Contents::new(&fs).limit(img.root_region()?.size);
     let packages = rootfs::packages(&files, &mut contents)?;
     if hash {
         contents.hash_all(&mut files)?;

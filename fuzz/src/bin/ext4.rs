@@ -1,6 +1,6 @@
 //! The root filesystem reader (ext4-view) as inspect and diff walk it, after the superblock
 //! check `Image::root()` makes: every entry, every
-//! symlink target, every regular file's contents.
+//! symlink target, regular files' contents, whole and streamed.
 fn main() {
     afl::fuzz!(|data: &[u8]| {
         // What Image::root() checks before it loads a root filesystem.
@@ -12,8 +12,11 @@ fn main() {
             return;
         };
         if let Ok(entries) = imagebuild::inspect::rootfs::walk(&fs) {
-            for e in entries.iter().take(64) {
-                let _ = fs.read(e.path.as_str());
+            // As inspect and diff read files: whole (kept) and streamed (hashed).
+            let mut contents = imagebuild::inspect::rootfs::Contents::new(&fs).limit(data.len() as u64);
+            for e in entries.iter().filter(|e| e.is_file()).take(64) {
+                let _ = contents.sha256(e);
+                let _ = contents.keep(e);
             }
         }
     });

@@ -761,11 +761,11 @@ fn stack_specs(
                     m.locate(&format!("\"{a}\"")),
                     s.name
                 ))
-                .hint(if a == "target/stack/hello.oci.tar" {
-                    "the shipped stack example's image: run `make stack-image` first".to_string()
-                } else {
-                    format!("create {a} (e.g. `skopeo copy docker://IMAGE oci-archive:{a}`) or remove it from `oci-archives`")
-                })
+                .hint(format!(
+                    "make {a} (an OCI layout tar, e.g. `skopeo copy docker://IMAGE \
+                     oci-archive:{a}`; the shipped stack example's: `make stack-image`) or \
+                     remove it from `oci-archives`"
+                ))
                 .into());
             }
             oci_archives.push(path);

@@ -637,13 +637,9 @@ fn the_shipped_stack_example_says_how_to_make_its_image() {
         msg.contains("OCI archive target/stack/hello.oci.tar of stack `web` does not exist"),
         "{msg}"
     );
-    assert_eq!(
-        hints,
-        ["the shipped stack example's image: run `make stack-image` first"]
-    );
+    assert!(hints[0].contains("`make stack-image`"), "{hints:?}");
     // With the archive `make stack-image` writes, the example loads.
     std::fs::create_dir_all(d.path().join("target/stack")).unwrap();
     std::fs::write(d.path().join("target/stack/hello.oci.tar"), b"").unwrap();
-    let r = Recipe::load(&p, "stack-amd64");
-    assert!(r.is_ok() || !format!("{:#}", r.unwrap_err()).contains("hello.oci.tar"));
+    Recipe::load(&p, "stack-amd64").unwrap();
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make fuzz: runs every fuzz target (fuzz/src/bin/) under AFL++ for SECONDS each, two at a
-# time, and prints what each did: executions, paths found, crashes and hangs. Crashes stay
+# time (FUZZ_JOBS=N for N at a time), and prints what each did: executions, paths found, crashes and hangs. Crashes stay
 # in fuzz/out/TARGET/default/crashes/; each becomes a regression test once fixed.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (default 3600 s; all targets)
@@ -37,7 +37,7 @@ i=0
 for t in "${targets[@]}"; do
   run "$t" &
   i=$((i + 1))
-  [ $((i % 2)) -ne 0 ] || wait
+  [ $((i % ${FUZZ_JOBS:-2})) -ne 0 ] || wait
 done
 wait
 printf '%-10s %10s %12s %8s %8s %8s\n' target seconds execs paths crashes hangs

@@ -531,8 +531,34 @@ impl Ctx<'_> {
         let mut sums = vec![(disk.name.clone(), sealed.sha256.clone())];
         let recipe = self.recipe;
         t.stage(self.rep, "formats", |_| {
-            for f in recipe.formats.iter().filter(|f| *f != "raw") {
-                sums.push(convert(self.host, &disk.path, self.staging, recipe, f)?);
+            // Each format reads the raw image on its own: one thread each.
+            let written: Vec<Result<(String, String)>> = std::thread::scope(|s| {
+                let jobs: Vec<_> = recipe
+                    .formats
+                    .iter()
+                    .filter(|f| *f != "raw")
+                    .map(|f| {
+                        s.spawn(|| {
+                            convert(
+                                self.host,
+                                &disk.path,
+                                self.staging,
+                                recipe,
+                                &sealed.sha256,
+                                f,
+                            )
+                        })
+                    })
+                    .collect();
+                jobs.into_iter()
+                    .map(|j| {
+                        j.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("a format writer panicked")))
+                    })
+                    .collect()
+            });
+            for w in written {
+                sums.push(w?);
             }
             Ok(((), recipe.formats.join(", ")))
         })?;
@@ -725,21 +751,26 @@ fn inode_count(root_size: u64, used: u64) -> u64 {
     (root_size / 16384).max(used + used / 2 + 4096)
 }
 
+/// Writes `raw` in `format` into the staging directory; the file's name and sha256.
 fn convert(
     host: &Host,
     raw: &Path,
     staging: &Staging,
     recipe: &Recipe,
+    sha256: &str,
     format: &str,
 ) -> Result<(String, String)> {
-    let name = format!("{}.{format}", recipe.artifact_stem());
+    // OK to unwrap: the profile loader accepts only the names formats::ALL knows.
+    let format = crate::formats::Format::parse(format).unwrap();
+    let name = format.file_name(&recipe.artifact_stem());
     let out = staging.path(&name);
-    host.run(
-        std::process::Command::new("qemu-img")
-            .args(["convert", "-f", "raw", "-O", format])
-            .arg(raw)
-            .arg(&out),
-    )?;
+    let stamp = crate::formats::Stamp {
+        image_sha256: sha256,
+        epoch: recipe.epoch,
+        file_name: &name,
+    };
+    crate::formats::write(host, format, raw, &out, &stamp)
+        .with_context(|| format!("writing the {} image", format.name()))?;
     Ok((name, crate::cache::sha256_file(&out)?))
 }
 

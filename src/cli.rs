@@ -764,7 +764,7 @@ fn cmd_run(
         release.as_deref(),
         &req,
     )?);
-    let rig = crate::verify::state::rig(&host, &image, &machine, &mut opts)?;
+    let rig = crate::verify::state::rig(&host, &image, &image, &machine, &mut opts)?;
     for note in rig.iter().flat_map(|r| &r.notes) {
         crate::say!("{note}");
     }

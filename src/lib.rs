@@ -12,6 +12,7 @@ pub mod disk;
 pub mod doctor;
 pub mod error;
 pub mod flash;
+pub mod formats;
 pub mod fs;
 pub mod host;
 pub mod ids;

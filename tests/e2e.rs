@@ -199,6 +199,15 @@ fn build_verify_and_check(profile: &str, arch_root_type: &str) {
         &["verify", image.to_str().unwrap()],
     ));
     assert_eq!(before, sha256(&image), "verify must not change the image");
+    // The bytes a cloud gets are the bytes proven: QEMU boots the VHD and the qcow2 as
+    // they are, each passes.
+    for ext in ["vhd", "qcow2"] {
+        let file = dir.join(format!("{profile}-2026.11.1.{ext}"));
+        let o = imagebuild(&repo(), out.path(), &["verify", file.to_str().unwrap()]);
+        ok(&o);
+        let said = String::from_utf8_lossy(&o.stderr);
+        assert!(said.contains(": pass after"), "{ext}: {said}");
+    }
 }
 
 #[test]
@@ -278,6 +287,19 @@ fn rebuilds_identically_in_another_environment(profile: &str) {
     assert_eq!(
         sha_a, sha_b,
         "{profile}: the rebuild in another environment differs"
+    );
+    // Every cloud format too: SHA256SUMS lists each with its sha256.
+    let sums = |out: &str| {
+        let image = PathBuf::from(out.split_whitespace().nth(1).unwrap());
+        std::fs::read_to_string(image.with_file_name("SHA256SUMS")).unwrap()
+    };
+    let (sums_a, sums_b) = (sums(&a), sums(&b));
+    for ext in [".raw.zst", ".qcow2", ".vhd", ".gce.tar.gz", ".vmdk"] {
+        assert!(sums_a.contains(ext), "{profile}: no {ext} in\n{sums_a}");
+    }
+    assert_eq!(
+        sums_a, sums_b,
+        "{profile}: a format differs between the two builds"
     );
     assert!(
         std::fs::read_dir(cache_b.join("base")).unwrap().count() > 0,

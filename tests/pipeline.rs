@@ -1467,3 +1467,117 @@ fn a_full_output_filesystem_is_named() {
         "{err}"
     );
 }
+
+/// Every cloud format, twice: identical bytes each time, and each holds the raw image as
+/// the standard tools read it (qemu-img for qcow2, VHD and VMDK; GNU tar for GCE's tar.gz;
+/// zstd for raw.zst).
+#[test]
+fn cloud_formats_are_deterministic_and_hold_the_raw_image() {
+    let fx = Fixture::new(Arch::Amd64);
+    let text = fx.profile_text().replace(
+        "esp-size = \"40M\"\n",
+        "esp-size = \"40M\"\nformats = [\"raw\", \"raw.zst\", \"qcow2\", \"vhd\", \"gce\", \"vmdk\"]\n",
+    );
+    let plain = fx.build_into("t", "out-plain").unwrap();
+    fx.write_profile("t", &text);
+    let a = fx.build_into("t", "out-a").unwrap();
+    let b = fx.build_into("t", "out-b").unwrap();
+    assert_eq!(
+        a.sha256, plain.sha256,
+        "the formats list changed the raw image"
+    );
+    let stem = a.image.file_stem().unwrap().to_string_lossy().into_owned();
+    let sums = std::fs::read_to_string(a.dir.join("SHA256SUMS")).unwrap();
+    for ext in ["raw.zst", "qcow2", "vhd", "gce.tar.gz", "vmdk"] {
+        let name = format!("{stem}.{ext}");
+        let (pa, pb) = (a.dir.join(&name), b.dir.join(&name));
+        let sha = imagebuild::cache::sha256_file(&pa).unwrap();
+        assert_eq!(
+            sha,
+            imagebuild::cache::sha256_file(&pb).unwrap(),
+            "{name} differs"
+        );
+        assert!(
+            sums.contains(&format!("{sha}  {name}")),
+            "{name} not in SHA256SUMS:\n{sums}"
+        );
+    }
+    let raw = &a.image;
+    let file = |ext: &str| a.dir.join(format!("{stem}.{ext}"));
+    for (ext, driver) in [("qcow2", "qcow2"), ("vhd", "vpc"), ("vmdk", "vmdk")] {
+        let said = run_ok(
+            Command::new("qemu-img")
+                .args(["compare", "-f", "raw", "-F", driver])
+                .arg(raw)
+                .arg(file(ext)),
+        );
+        assert!(said.contains("Images are identical"), "{ext}: {said}");
+        let info = run_ok(
+            Command::new("qemu-img")
+                .args(["info", "--output=json", "-f", driver])
+                .arg(file(ext)),
+        );
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(
+            info["virtual-size"].as_u64(),
+            Some(std::fs::metadata(raw).unwrap().len()),
+            "{ext}: {info}"
+        );
+    }
+    // The VHD: N MiB of disk, then the footer, its checksum right.
+    let vhd = std::fs::read(file("vhd")).unwrap();
+    let raw_len = std::fs::metadata(raw).unwrap().len();
+    assert_eq!(
+        vhd.len() as u64,
+        raw_len.div_ceil(1 << 20) * (1 << 20) + 512
+    );
+    let footer = &vhd[vhd.len() - 512..];
+    assert_eq!(&footer[..8], b"conectix");
+    let sum = footer
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(64..68).contains(i))
+        .fold(0u32, |s, (_, &b)| s.wrapping_add(u32::from(b)));
+    assert_eq!(u32::from_be_bytes(footer[64..68].try_into().unwrap()), !sum);
+    // GCE: exactly disk.raw, its size a whole GiB; extracted, it is the raw image padded
+    // with zeros.
+    let listing = run_ok(Command::new("tar").arg("-tvzf").arg(file("gce.tar.gz")));
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 1, "{listing}");
+    let size = raw_len.div_ceil(1 << 30) * (1 << 30);
+    assert!(
+        lines[0].contains(&format!(" {size} ")) && lines[0].ends_with(" disk.raw"),
+        "{listing}"
+    );
+    let x = fx.root().join("gce-x");
+    std::fs::create_dir_all(&x).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(file("gce.tar.gz"))
+            .arg("-C")
+            .arg(&x),
+    );
+    assert_eq!(std::fs::metadata(x.join("disk.raw")).unwrap().len(), size);
+    let said = run_ok(
+        Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "raw"])
+            .arg(raw)
+            .arg(x.join("disk.raw")),
+    );
+    assert!(said.contains("Images are identical"), "gce: {said}");
+    // raw.zst: zstd gives back the raw image byte for byte.
+    let unz = fx.root().join("unz.raw");
+    run_ok(
+        Command::new("zstd")
+            .args(["-q", "-d"])
+            .arg(file("raw.zst"))
+            .arg("-o")
+            .arg(&unz),
+    );
+    assert_eq!(
+        imagebuild::cache::sha256_file(&unz).unwrap(),
+        a.sha256,
+        "raw.zst does not give back the raw image"
+    );
+}

@@ -481,9 +481,11 @@ impl Recipe {
 
 /// The recipe id of profile `name` with the merged `table`: two profiles with the same
 /// text under different names make different images (their hostnames, image names and ids
-/// differ), so the name is part of it.
+/// differ), so the name is part of it. `[image] formats` is not: it chooses which files
+/// are written from the image, not the image's bytes, so adding a cloud format keeps the
+/// release's sha256 and its lock.
 pub fn recipe_id(name: &str, table: &Table) -> String {
-    let canonical = serde_json::to_vec(table).unwrap_or_default();
+    let canonical = serde_json::to_vec(&image_bytes_only(table)).unwrap_or_default();
     let mut h = Sha256::new();
     h.update(b"imagebuild-recipe-v2\0");
     h.update(name.as_bytes());
@@ -494,11 +496,20 @@ pub fn recipe_id(name: &str, table: &Table) -> String {
 
 /// sha256 over the canonical (sorted-key JSON) form of the merged profile.
 pub fn digest(table: &Table) -> String {
-    let canonical = serde_json::to_vec(table).unwrap_or_default();
+    let canonical = serde_json::to_vec(&image_bytes_only(table)).unwrap_or_default();
     let mut h = Sha256::new();
     h.update(b"imagebuild-recipe-v1\0");
     h.update(&canonical);
     hex::encode(h.finalize())
+}
+
+/// `table` without the keys that do not reach the raw image's bytes.
+fn image_bytes_only(table: &Table) -> Table {
+    let mut t = table.clone();
+    if let Some(toml::Value::Table(image)) = t.get_mut("image") {
+        image.remove("formats");
+    }
+    t
 }
 
 /// `[image] name` and `version` become parts of paths and file names: plain names only.
@@ -586,12 +597,10 @@ fn parse_size(m: &Merged, s: &str) -> Result<Bytes> {
     })
 }
 
-const FORMATS: &[&str] = &["raw", "qcow2"];
-
 fn check_formats(m: &Merged, formats: &[String]) -> Result<Vec<String>> {
     let mut out = vec!["raw".to_string()];
     for f in formats {
-        if !FORMATS.contains(&f.as_str()) {
+        if crate::formats::Format::parse(f).is_none() {
             return Err(UserError::new(
                 crate::error::Kind::Unsupported,
                 format!(
@@ -599,7 +608,14 @@ fn check_formats(m: &Merged, formats: &[String]) -> Result<Vec<String>> {
                     m.locate(&format!("\"{f}\""))
                 ),
             )
-            .hint(format!("formats imagebuild writes: {}", FORMATS.join(", ")))
+            .hint(format!(
+                "formats imagebuild writes: {}",
+                crate::formats::ALL
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
             .into());
         }
         if !out.contains(f) {

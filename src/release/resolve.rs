@@ -156,7 +156,10 @@ fn from_path(p: &Path) -> Result<Resolved> {
         UserError::invalid(format!("no image {}: {e}", p.display())).hint(super::name::FORMS)
     })?;
     let sums = sums_for(p)?;
-    let release = (|| {
+    // A cloud format of a release is checked against SHA256SUMS; the record names the
+    // raw image.
+    let raw = crate::formats::Format::of_path(p).is_none_or(|f| f == crate::formats::Format::Raw);
+    let release = raw.then(|| {
         let dir = p.parent()?;
         let version = dir.file_name()?.to_str()?;
         let profile_dir = dir.parent()?;
@@ -164,7 +167,8 @@ fn from_path(p: &Path) -> Result<Resolved> {
         let all = record::read(profile_dir.parent()?, profile).ok()?;
         let rec = all.get(version)?.clone();
         Some((profile.to_string(), rec))
-    })();
+    });
+    let release = release.flatten();
     Ok(Resolved {
         label: p.display().to_string(),
         image: p.to_path_buf(),

@@ -54,6 +54,63 @@ impl Default for Request {
     }
 }
 
+/// An image as raw bytes, for reading what it holds: the image itself, or for a cloud
+/// format QEMU boots as it is (qcow2, VHD, VMDK) a sparse raw copy made by `qemu-img`.
+/// The boot uses the file itself, so the bytes a cloud gets are the bytes proven.
+struct RawView {
+    image: PathBuf,
+    copy: Option<tempfile::TempDir>,
+    driver: &'static str,
+}
+
+impl RawView {
+    fn of(host: &Host, image: &Path) -> Result<RawView> {
+        use crate::formats::Format;
+        let format = Format::of_path(image).unwrap_or(Format::Raw);
+        let Some(driver) = format.qemu_driver() else {
+            return Err(UserError::new(
+                Kind::Unsupported,
+                format!(
+                    "{} is a {} file, which QEMU cannot boot as it is",
+                    image.display(),
+                    format.name()
+                ),
+            )
+            .hint("verify the .raw image, or its .qcow2, .vhd or .vmdk")
+            .into());
+        };
+        if format == Format::Raw {
+            return Ok(RawView {
+                image: image.to_path_buf(),
+                copy: None,
+                driver,
+            });
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("imagebuild-view-")
+            .tempdir()
+            .context("making a directory for a raw view of the image")?;
+        host.run(
+            std::process::Command::new("qemu-img")
+                .args(["convert", "-f", driver, "-O", "raw"])
+                .arg(image)
+                .arg(dir.path().join("view.raw")),
+        )?;
+        Ok(RawView {
+            image: image.to_path_buf(),
+            copy: Some(dir),
+            driver,
+        })
+    }
+
+    fn path(&self) -> PathBuf {
+        match &self.copy {
+            Some(d) => d.path().join("view.raw"),
+            None => self.image.clone(),
+        }
+    }
+}
+
 /// The architecture of an image, from its root partition type.
 pub fn image_arch(image: &Path) -> Result<Arch> {
     let img = Image::open(image)?;
@@ -212,7 +269,8 @@ fn qemu_version(host: &Host, binary: &str) -> String {
 
 /// Boots `image` and judges it.
 pub fn verify_image(host: &Host, project: &Project, image: &Path, req: &Request) -> Result<Tested> {
-    let arch = image_arch(image)?;
+    let view = RawView::of(host, image)?;
+    let arch = image_arch(&view.path())?;
     let machine = machine_for(project, arch)?;
     let log = req.log.clone().unwrap_or_else(|| default_log(image));
     let mut opts = VerifyOptions::for_machine(&machine, &log);
@@ -226,7 +284,8 @@ pub fn verify_image(host: &Host, project: &Project, image: &Path, req: &Request)
     }
     opts.disks.clone_from(&req.disks);
     opts.writable = req.writable;
-    let osr = os_release(image)?;
+    opts.image_driver = view.driver;
+    let osr = os_release(&view.path())?;
     opts.firmware = Some(firmware_for(
         host,
         &machine,
@@ -238,7 +297,7 @@ pub fn verify_image(host: &Host, project: &Project, image: &Path, req: &Request)
         .firmware
         .as_ref()
         .map_or_else(String::new, |f| f.origin.clone());
-    let _rig = super::state::rig(host, image, &machine, &mut opts)?;
+    let _rig = super::state::rig(host, image, &view.path(), &machine, &mut opts)?;
     let runner = |cmd: &mut std::process::Command| host.spawn(cmd);
     let outcome = super::verify(image, &machine, &opts, &runner)?;
     let outcome = match outcome {

@@ -63,6 +63,9 @@ pub struct VerifyOptions {
     pub overlay: Option<PathBuf>,
     /// SMBIOS credentials (`io.systemd.credential:NAME=VALUE`) for the guest's systemd.
     pub credentials: Vec<(String, String)>,
+    /// QEMU's block driver for the image file: "raw", or "qcow2", "vpc", "vmdk" when a
+    /// cloud format is booted as it is.
+    pub image_driver: &'static str,
 }
 
 impl VerifyOptions {
@@ -81,6 +84,7 @@ impl VerifyOptions {
             ssh_port: None,
             overlay: None,
             credentials: Vec::new(),
+            image_driver: "raw",
         }
     }
 }
@@ -359,7 +363,7 @@ fn prepare(
     let vars = firmware.vars_copy()?;
     let (image, image_format) = match &opts.overlay {
         Some(overlay) => (overlay.as_path(), "qcow2"),
-        None => (image, "raw"),
+        None => (image, opts.image_driver),
     };
     let launch = Launch {
         image: Some(image),

@@ -67,16 +67,18 @@ pub struct Rig {
 
 /// Sets up `opts` for the states of `image` (see the module's text); None when the image
 /// has no state or the boot is the user's own (`opts.writable` or `opts.disks`).
+/// `view` is the image as raw bytes (itself, or a raw copy of a cloud format).
 pub fn rig(
     host: &Host,
     image: &Path,
+    view: &Path,
     machine: &Machine,
     opts: &mut VerifyOptions,
 ) -> Result<Option<Rig>> {
     if opts.writable || !opts.disks.is_empty() {
         return Ok(None);
     }
-    let states = image_states(image)?;
+    let states = image_states(view)?;
     if states.is_empty() {
         return Ok(None);
     }
@@ -87,15 +89,15 @@ pub fn rig(
     let mut notes = Vec::new();
     let room: u64 = states.iter().filter_map(|s| s.size).sum();
     if states.iter().any(|s| s.device.is_none()) {
-        let len = std::fs::metadata(image)
-            .with_context(|| format!("reading image {}", image.display()))?
+        let len = std::fs::metadata(view)
+            .with_context(|| format!("reading image {}", view.display()))?
             .len();
         let size = (len + room + SLACK).div_ceil(MIB) * MIB;
         let overlay = dir.path().join("os-disk.qcow2");
         let backing = std::path::absolute(image)?;
         host.run(
             Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .args(["create", "-q", "-f", "qcow2", "-F", opts.image_driver, "-b"])
                 .arg(&backing)
                 .arg(&overlay)
                 .arg(size.to_string()),

@@ -33,6 +33,8 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:$port
+  # A fixed secret: upload sessions stay valid across a restart (resumed pushes).
+  secret: imagebuild-test-registry
 CONF
 	setsid /usr/bin/docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 </dev/null &
 	echo $! >"$dir/pid"

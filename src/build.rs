@@ -202,6 +202,7 @@ fn publish(
         verified: false,
         published_at: None,
         verifications: Vec::new(),
+        remotes: Vec::new(),
     };
     let rec = locked
         .record(decision, rec, verification, release::record::now())

@@ -211,12 +211,62 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Push a release to an OCI registry as an artifact (its image in zstd layers, its
+    /// manifest, checksums, boot log and record), tagged with its version.
+    ///
+    /// A rerun after a broken connection skips the blobs the registry has and goes on
+    /// with an unfinished one from the registry's offset. Recorded in releases.json.
+    Push {
+        /// A release: PROFILE (its latest verified), PROFILE@VERSION, PROFILE@sha256:PREFIX.
+        release: String,
+        /// oci://HOST/REPO or oci://HOST/REPO:TAG (default tag: the version).
+        to: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// The largest layer of the image (the zstd image is split into such layers).
+        #[arg(long, default_value = "256M", value_parser = parse_bytes)]
+        layer_size: Bytes,
+        /// The largest request of a blob upload.
+        #[arg(long, default_value = "16M", value_parser = parse_bytes, hide = true)]
+        chunk_size: Bytes,
+        /// Push a release that has not passed a boot test.
+        #[arg(long)]
+        unverified: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull a release from an OCI registry into out/, checking every blob and the image's
+    /// sha256; then flash, verify, inspect and diff take it by name.
+    Pull {
+        /// oci://HOST/REPO:TAG or oci://HOST/REPO@sha256:DIGEST.
+        from: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that this host has what imagebuild needs, and say how to fix what is missing.
     Doctor,
     /// Remove what killed runs left behind: unfinished build directories in out/ and
     /// temporary files in out/ and the cache, of processes that no longer run. Builds do
     /// this too, before they start. Published releases and the cache's entries stay.
     Clean,
+}
+
+/// How to reach a registry.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Talk plain http to this registry (loopback registries always are).
+    #[arg(long)]
+    insecure_registry: bool,
+}
+
+fn parse_bytes(s: &str) -> Result<Bytes, String> {
+    let b = Bytes::parse(s)?;
+    if b.0 < 4096 {
+        return Err("at least 4K".into());
+    }
+    Ok(b)
 }
 
 /// How to boot an image in QEMU.
@@ -452,6 +502,26 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             };
             cmd_flash(cli, &project, &req, *json)
         }
+        Command::Push {
+            release,
+            to,
+            registry,
+            layer_size,
+            chunk_size,
+            unverified,
+            json,
+        } => {
+            let opts = oci_options(cli, registry, *layer_size, *chunk_size);
+            cmd_push(cli, &project, release, to, &opts, *unverified, *json)
+        }
+        Command::Pull {
+            from,
+            registry,
+            json,
+        } => {
+            let opts = oci_options(cli, registry, Bytes(256 << 20), Bytes(16 << 20));
+            cmd_pull(cli, &project, from, &opts, *json)
+        }
         Command::Doctor => Ok(crate::doctor::run()),
         Command::Clean => {
             let cache = cache(cli);
@@ -479,6 +549,112 @@ fn run(cli: &Cli) -> Result<ExitCode> {
 }
 
 /// Writes data to stdout; a closed pipe is not an error.
+fn oci_options(
+    cli: &Cli,
+    registry: &RegistryArgs,
+    layer_size: Bytes,
+    chunk_size: Bytes,
+) -> crate::publish::oci::Options {
+    crate::publish::oci::Options {
+        insecure: registry.insecure_registry,
+        layer_size: layer_size.0,
+        chunk_size: chunk_size.0,
+        state_dir: cache(cli).root().join("oci-uploads"),
+    }
+}
+
+fn cmd_push(
+    cli: &Cli,
+    project: &Project,
+    release: &str,
+    to: &str,
+    opts: &crate::publish::oci::Options,
+    unverified: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let to = crate::publish::oci::Reference::parse(to)?;
+    let latest = if unverified {
+        crate::release::Latest::Any
+    } else {
+        crate::release::Latest::Verified
+    };
+    let out = out_root(cli, project);
+    let target = crate::release::resolve(project, &out, release, latest)?;
+    let files = crate::publish::ReleaseFiles::of(&target)?;
+    if !files.record.verified && !unverified {
+        return Err(crate::error::UserError::invalid(format!(
+            "{} has not passed a boot test",
+            target.label
+        ))
+        .hint(format!(
+            "verify it first (imagebuild verify {}), or push it anyway with --unverified",
+            target.label
+        ))
+        .into());
+    }
+    target.check()?;
+    let quiet = cli.quiet;
+    let say = |m: &str| {
+        if !quiet {
+            crate::say!("{m}");
+        }
+    };
+    let p = crate::publish::oci::push(&files, cache(cli).root(), &to, opts, &say)?;
+    let locked = crate::release::record::lock(&out, &files.profile)?;
+    locked.add_remote(
+        &files.record.version,
+        &files.record.image_sha256,
+        crate::publish::oci::pushed_remote(&p),
+    )?;
+    say(&format!(
+        "pushed {} as {}@{}: {} blobs, {} already there, {} sent",
+        target.label,
+        p.reference,
+        p.digest,
+        p.blobs,
+        p.skipped,
+        Bytes(p.sent)
+    ));
+    if json {
+        return print_stdout(&(serde_json::to_string_pretty(&p)? + "\n"));
+    }
+    print_stdout(&format!("{}  {}\n", p.digest, p.reference))
+}
+
+fn cmd_pull(
+    cli: &Cli,
+    project: &Project,
+    from: &str,
+    opts: &crate::publish::oci::Options,
+    json: bool,
+) -> Result<ExitCode> {
+    let from = crate::publish::oci::Reference::parse(from)?;
+    let quiet = cli.quiet;
+    let say = |m: &str| {
+        if !quiet {
+            crate::say!("{m}");
+        }
+    };
+    let p = crate::publish::oci::pull(&from, &out_root(cli, project), opts, &say)?;
+    say(&format!(
+        "{} {}@{} (image sha256 {}) from {from}",
+        if p.already { "already had" } else { "pulled" },
+        p.profile,
+        p.version,
+        p.image_sha256
+    ));
+    if json {
+        return print_stdout(&(serde_json::to_string_pretty(&p)? + "\n"));
+    }
+    print_stdout(&format!(
+        "{}  {}\n",
+        p.image_sha256,
+        p.dir
+            .join(format!("{}-{}.raw", p.profile, p.version))
+            .display()
+    ))
+}
+
 fn print_stdout(s: &str) -> Result<ExitCode> {
     match std::io::stdout().lock().write_all(s.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
@@ -640,6 +816,28 @@ fn cmd_flash(
 ) -> Result<ExitCode> {
     let host = Host::new(cli.verbose);
     let reporter = reporter(cli);
+    // A release in a registry is pulled (checked, recorded) first, then flashed by name.
+    let mut req = req.clone();
+    if req.release.starts_with("oci://") {
+        let from = crate::publish::oci::Reference::parse(&req.release)?;
+        let opts = oci_options(
+            cli,
+            &RegistryArgs {
+                insecure_registry: false,
+            },
+            Bytes(256 << 20),
+            Bytes(16 << 20),
+        );
+        let quiet = cli.quiet;
+        let say = |m: &str| {
+            if !quiet {
+                crate::say!("{m}");
+            }
+        };
+        let p = crate::publish::oci::pull(&from, &out_root(cli, project), &opts, &say)?;
+        req.release = format!("{}@{}", p.profile, p.version);
+    }
+    let req = &req;
     let f = crate::flash::flash(
         &host,
         project,

@@ -23,6 +23,7 @@ pub mod machine;
 pub mod output;
 pub mod profile;
 pub mod progress;
+pub mod publish;
 pub mod release;
 pub mod secrets;
 pub mod size;

@@ -188,6 +188,20 @@ fn build_verify_and_check(profile: &str, arch_root_type: &str) {
         files[0].path
     );
 
+    // Through a registry and back: push, then pull by digest into an empty out/ and cache.
+    let reg = Registry::start(free_port());
+    let to = format!("oci://127.0.0.1:{}/os/{profile}", reg.port);
+    let pushed = ok(&imagebuild(&repo(), out.path(), &["push", profile, &to]));
+    let digest = pushed.split_whitespace().next().unwrap().to_string();
+    let there = tempfile::tempdir_in(repo().join("target")).unwrap();
+    let pulled = ok(&imagebuild(
+        there.path(),
+        &there.path().join("out"),
+        &["pull", &format!("{to}@{digest}")],
+    ));
+    assert!(pulled.starts_with(&sha256(&image)), "{pulled}");
+    drop(reg);
+
     if profile != "prod-amd64" {
         return;
     }
@@ -600,6 +614,7 @@ fn arm64_credentials_reach_the_machine() {
 /// Debian's docker-registry on a loopback port, stopped when dropped.
 struct Registry {
     state: String,
+    port: u16,
 }
 
 impl Registry {
@@ -612,6 +627,7 @@ impl Registry {
         );
         Registry {
             state: out.lines().last().unwrap().trim().to_string(),
+            port,
         }
     }
 }

@@ -27,6 +27,7 @@ use anyhow::Result;
 use crate::host::Host;
 
 pub use blocks::zero_aware_blocks;
+pub use zst::write as write_zst;
 
 /// One output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,9 @@ pub struct Listing {
     /// Newest (highest version) first.
     pub releases: Vec<Listed>,
     pub replaced: Vec<Replaced>,
+    /// When the listing was made, for the ages of remotes.
+    #[serde(skip)]
+    pub now: Option<i64>,
 }
 
 /// One release with what the listing says about it.
@@ -88,6 +91,7 @@ pub fn from_releases(all: Releases, now: i64) -> Listing {
         latest_verified,
         releases,
         replaced: all.replaced,
+        now: Some(now),
     }
 }
 
@@ -129,6 +133,20 @@ impl Listing {
                 "{:vw$}  {age:<13}  {verified:<12}  {}{marks}",
                 r.release.version, r.release.image_sha256
             );
+            for m in &r.release.remotes {
+                let _ = writeln!(
+                    s,
+                    "{:vw$}    {} {} ({}){}",
+                    "",
+                    m.how,
+                    m.location,
+                    m.id,
+                    self.now.map_or_else(String::new, |now| format!(
+                        ", {}",
+                        super::list::age(now - m.at)
+                    ))
+                );
+            }
         }
         if self.latest_verified.is_none() {
             s.push_str(
@@ -178,6 +196,7 @@ mod tests {
             } else {
                 Vec::new()
             },
+            remotes: Vec::new(),
         }
     }
 

@@ -37,6 +37,23 @@ pub struct Release {
     /// Every boot test that passed, oldest first.
     #[serde(default)]
     pub verifications: Vec<Verification>,
+    /// Where the release was pushed, uploaded or pulled from, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remotes: Vec<Remote>,
+}
+
+/// A copy of a release elsewhere: `push` and `upload` add one per destination, `pull`
+/// one for where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Remote {
+    /// "pushed", "pulled" or "uploaded".
+    pub how: String,
+    /// `oci://HOST/REPO:TAG`, `s3://BUCKET/KEY`, ...
+    pub location: String,
+    /// The remote's own id: the manifest digest, the object's ETag, the AMI id.
+    pub id: String,
+    /// Seconds since the epoch.
+    pub at: i64,
 }
 
 /// A boot test that passed.
@@ -228,6 +245,22 @@ impl Locked {
         Ok(rec)
     }
 
+    /// Adds `remote` to the record of `version` whose image is `sha256` (once: the same
+    /// location and id again only updates the time).
+    pub fn add_remote(&self, version: &str, sha256: &str, remote: Remote) -> Result<()> {
+        let mut all = self.read()?;
+        let rec = all
+            .releases
+            .iter_mut()
+            .find(|r| r.version == version && r.image_sha256 == sha256)
+            .with_context(|| format!("{} {version} has no record", self.profile))?;
+        rec.remotes.retain(|r| {
+            !(r.how == remote.how && r.location == remote.location && r.id == remote.id)
+        });
+        rec.remotes.push(remote);
+        self.write(&mut all)
+    }
+
     /// Adds a passed boot test to the record of `version` whose image is `sha256`.
     pub fn add_verification(&self, version: &str, sha256: &str, v: Verification) -> Result<()> {
         let mut all = self.read()?;
@@ -274,6 +307,7 @@ mod tests {
             verified: false,
             published_at: None,
             verifications: Vec::new(),
+            remotes: Vec::new(),
         }
     }
 

@@ -275,6 +275,7 @@ mod tests {
                 verified: false,
                 published_at: None,
                 verifications: Vec::new(),
+                remotes: Vec::new(),
             };
             let v = verified.then(|| crate::release::record::Verification {
                 at: 1,

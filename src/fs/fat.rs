@@ -106,9 +106,21 @@ fn read_esp_unguarded(disk: &File, offset: u64, size: u64) -> Result<Vec<EspFile
     let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new())
         .context("opening the FAT filesystem")?;
     let mut files = Vec::new();
-    read_dir(&fs.root_dir(), "", 0, &mut files)?;
+    let mut budget = Budget {
+        bytes: size,
+        entries: size / 32,
+    };
+    read_dir(&fs.root_dir(), "", 0, &mut budget, &mut files)?;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// What a FAT of `size` bytes can hold at most: its files' bytes together, and one
+/// 32-byte directory entry per 32 bytes. A damaged FAT whose cluster chains loop would
+/// otherwise be read without end (the `fat` fuzz target: 23 GB from a 530 KiB input).
+struct Budget {
+    bytes: u64,
+    entries: u64,
 }
 
 /// Writes `files` into the FAT filesystem that fills `esp` (one partition's bytes), keeping
@@ -459,6 +471,7 @@ fn read_dir<T: fatfs::ReadWriteSeek>(
     dir: &fatfs::Dir<T>,
     prefix: &str,
     depth: usize,
+    budget: &mut Budget,
     out: &mut Vec<EspFile>,
 ) -> Result<()> {
     ensure!(
@@ -467,6 +480,12 @@ fn read_dir<T: fatfs::ReadWriteSeek>(
     );
     for entry in dir.iter() {
         let entry = entry.with_context(|| format!("listing ESP directory {prefix:?}"))?;
+        ensure!(
+            budget.entries > 0,
+            "the FAT filesystem is damaged: directory {prefix:?} lists more entries than the \
+             filesystem has room for (its cluster chain loops)"
+        );
+        budget.entries -= 1;
         let name = entry.file_name();
         let path = if prefix.is_empty() {
             name.clone()
@@ -474,13 +493,20 @@ fn read_dir<T: fatfs::ReadWriteSeek>(
             format!("{prefix}/{name}")
         };
         if entry.is_dir() && name != "." && name != ".." {
-            read_dir(&entry.to_dir(), &path, depth + 1, out)?;
+            read_dir(&entry.to_dir(), &path, depth + 1, budget, out)?;
         } else if entry.is_file() {
             let mut data = Vec::new();
             entry
                 .to_file()
+                .take(budget.bytes + 1)
                 .read_to_end(&mut data)
-                .with_context(|| format!("reading ESP file {path}"))?;
+                .with_context(|| format!("reading ESP file {path:?}"))?;
+            ensure!(
+                data.len() as u64 <= budget.bytes,
+                "the FAT filesystem is damaged: its files hold more than the filesystem's \
+                 size (ESP file {path:?}; a cluster chain loops or is shared)"
+            );
+            budget.bytes -= data.len() as u64;
             out.push(EspFile { path, data });
         }
     }

@@ -117,6 +117,7 @@ measure "inspect (summary)" "$BIN" inspect "$a"
 measure "inspect --json (every file's sha256)" "$BIN" inspect --json "$a"
 measure "diff (one overlay file changed)" "$BIN" diff "$a" "$b"
 "$BIN" diff "$a" "$b" | sed 's/^/    /' || true
+bash scripts/bench-publish.sh "$work" "$work/big-a" big
 
 echo "== stack-amd64: a Compose stack baked into the image =="
 bash scripts/hello-image.sh "$work/target/stack/hello.oci.tar" "$PWD/target/e2e-hello" >/dev/null

@@ -32,7 +32,7 @@ test: setup test-fast test-e2e
 
 # Release profile for both tiers, so the crates compile once.
 test-fast:
-	$(CARGO) test --release --locked --lib --bins --test pipeline --test health_script --test verify_fake_qemu --test stack --test native_backend --test flash --test state_scripts --test fuzz_regressions --test publish
+	$(CARGO) test --release --locked --lib --bins --test pipeline --test health_script --test verify_fake_qemu --test stack --test native_backend --test flash --test state_scripts --test fuzz_regressions --test publish --test upload
 
 test-e2e: build
 	$(CARGO) test --release --locked --test e2e -- --ignored --test-threads=1 --nocapture --skip arm64_stack

@@ -245,6 +245,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Upload a release's raw image to S3-compatible object storage (AWS, Hetzner, DO
+    /// Spaces, MinIO, Garage): multipart, resumable, skipped when the object already holds
+    /// the release. Credentials and region from the AWS environment and files.
+    Upload {
+        /// A release: PROFILE (its latest verified), PROFILE@VERSION, PROFILE@sha256:PREFIX.
+        release: String,
+        /// s3://BUCKET/ or s3://BUCKET/PREFIX/ (the object is PREFIX/PROFILE-VERSION.raw).
+        to: String,
+        /// The service's URL for a store that is not AWS (default: $AWS_ENDPOINT_URL_S3,
+        /// $AWS_ENDPOINT_URL, else AWS in the region).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Default: $AWS_REGION, $AWS_DEFAULT_REGION, ~/.aws/config, us-east-1.
+        #[arg(long)]
+        region: Option<String>,
+        /// The size of each part of the multipart upload (one is in memory at a time).
+        #[arg(long, default_value = "64M", value_parser = parse_bytes)]
+        part_size: Bytes,
+        /// Upload a release that has not passed a boot test.
+        #[arg(long)]
+        unverified: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that this host has what imagebuild needs, and say how to fix what is missing.
     Doctor,
     /// Remove what killed runs left behind: unfinished build directories in out/ and
@@ -522,6 +546,23 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let opts = oci_options(cli, registry, Bytes(256 << 20), Bytes(16 << 20));
             cmd_pull(cli, &project, from, &opts, *json)
         }
+        Command::Upload {
+            release,
+            to,
+            endpoint,
+            region,
+            part_size,
+            unverified,
+            json,
+        } => {
+            let opts = crate::publish::s3::Options {
+                endpoint: endpoint.clone(),
+                region: region.clone(),
+                part_size: part_size.0,
+                state_dir: cache(cli).root().join("s3-uploads"),
+            };
+            cmd_upload(cli, &project, release, to, &opts, *unverified, *json)
+        }
         Command::Doctor => Ok(crate::doctor::run()),
         Command::Clean => {
             let cache = cache(cli);
@@ -573,26 +614,8 @@ fn cmd_push(
     json: bool,
 ) -> Result<ExitCode> {
     let to = crate::publish::oci::Reference::parse(to)?;
-    let latest = if unverified {
-        crate::release::Latest::Any
-    } else {
-        crate::release::Latest::Verified
-    };
     let out = out_root(cli, project);
-    let target = crate::release::resolve(project, &out, release, latest)?;
-    let files = crate::publish::ReleaseFiles::of(&target)?;
-    if !files.record.verified && !unverified {
-        return Err(crate::error::UserError::invalid(format!(
-            "{} has not passed a boot test",
-            target.label
-        ))
-        .hint(format!(
-            "verify it first (imagebuild verify {}), or push it anyway with --unverified",
-            target.label
-        ))
-        .into());
-    }
-    target.check()?;
+    let files = release_to_send(cli, project, release, unverified)?;
     let quiet = cli.quiet;
     let say = |m: &str| {
         if !quiet {
@@ -607,8 +630,9 @@ fn cmd_push(
         crate::publish::oci::pushed_remote(&p),
     )?;
     say(&format!(
-        "pushed {} as {}@{}: {} blobs, {} already there, {} sent",
-        target.label,
+        "pushed {}@{} as {}@{}: {} blobs, {} already there, {} sent",
+        files.profile,
+        files.record.version,
         p.reference,
         p.digest,
         p.blobs,
@@ -619,6 +643,85 @@ fn cmd_push(
         return print_stdout(&(serde_json::to_string_pretty(&p)? + "\n"));
     }
     print_stdout(&format!("{}  {}\n", p.digest, p.reference))
+}
+
+/// The release `name` for a transfer: verified unless `unverified`, its bytes checked.
+fn release_to_send(
+    cli: &Cli,
+    project: &Project,
+    name: &str,
+    unverified: bool,
+) -> Result<crate::publish::ReleaseFiles> {
+    let latest = if unverified {
+        crate::release::Latest::Any
+    } else {
+        crate::release::Latest::Verified
+    };
+    let target = crate::release::resolve(project, &out_root(cli, project), name, latest)?;
+    let files = crate::publish::ReleaseFiles::of(&target)?;
+    if !files.record.verified && !unverified {
+        return Err(crate::error::UserError::invalid(format!(
+            "{} has not passed a boot test",
+            target.label
+        ))
+        .hint(format!(
+            "verify it first (imagebuild verify {}), or send it anyway with --unverified",
+            target.label
+        ))
+        .into());
+    }
+    target.check()?;
+    Ok(files)
+}
+
+fn cmd_upload(
+    cli: &Cli,
+    project: &Project,
+    release: &str,
+    to: &str,
+    opts: &crate::publish::s3::Options,
+    unverified: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    if to.starts_with("aws://") {
+        return Err(crate::error::UserError::new(
+            crate::error::Kind::Unsupported,
+            format!("upload to {to}: AMIs through the EBS direct APIs are not built yet"),
+        )
+        .hint("upload the raw image to S3 (s3://BUCKET/) and import it, or use the VMDK")
+        .into());
+    }
+    let to = crate::publish::s3::Target::parse(to)?;
+    let files = release_to_send(cli, project, release, unverified)?;
+    let quiet = cli.quiet;
+    let say = |m: &str| {
+        if !quiet {
+            crate::say!("{m}");
+        }
+    };
+    let u = crate::publish::s3::upload(&files, &to, opts, &say)?;
+    let locked = crate::release::record::lock(&out_root(cli, project), &files.profile)?;
+    locked.add_remote(
+        &files.record.version,
+        &files.record.image_sha256,
+        crate::publish::s3::uploaded_remote(&u),
+    )?;
+    say(&if u.already {
+        format!("{} already holds this release: nothing sent", u.location)
+    } else {
+        format!(
+            "uploaded {}: {} parts, {} already there, {} sent, ETag {}",
+            u.location,
+            u.parts,
+            u.parts_skipped,
+            Bytes(u.sent),
+            u.etag
+        )
+    });
+    if json {
+        return print_stdout(&(serde_json::to_string_pretty(&u)? + "\n"));
+    }
+    print_stdout(&format!("{}  {}\n", u.etag, u.location))
 }
 
 fn cmd_pull(

@@ -3,8 +3,10 @@
 //! (`releases.json`, `remotes`), and a second transfer of the same bytes sends nothing.
 //!
 //! - [`oci`]: `push` and `pull` through any OCI distribution registry.
+//! - [`s3`]: `upload` to S3-compatible object storage.
 
 pub mod oci;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 

@@ -641,7 +641,7 @@ impl Client {
             }
             let resp = self
                 .agent
-                .run(req.body(body.to_vec())?)
+                .run(req.body(body)?)
                 .map_err(|e| self.net_error(&format!("{method} {}: {e}", path_of(&url))))?;
             if resp.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
                 let challenge = resp

@@ -49,3 +49,17 @@ curl_put() {
 }
 run "curl PUT of the same zstd (one request)" "$zst_mib" bash -c "$(declare -f curl_put); zst=$zst port=$port digest=$digest curl_put"
 run "curl GET of it" "$zst_mib" curl -fsS -o "$scratch/blob" "http://127.0.0.1:$port/v2/bench/curl/blobs/$digest"
+
+# S3: the raw image to moto's server (scripts/test-moto.sh) on loopback, then again.
+mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+moto=$(bash scripts/test-moto.sh start "$mport")
+trap 'bash scripts/test-moto.sh stop "$moto"; bash scripts/test-registry.sh stop "$reg"; rm -rf "$scratch"' EXIT
+curl -fsS -X PUT "http://127.0.0.1:$mport/bench" >/dev/null
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench
+echo "== object storage: $profile raw image ($raw_mib MiB), moto's S3 on loopback =="
+run "imagebuild upload (64 MiB parts)" "$raw_mib" "${ib[@]}" upload "$profile" s3://bench/ \
+  --endpoint "http://127.0.0.1:$mport" --unverified
+run "imagebuild upload again (nothing to send)" "$raw_mib" "${ib[@]}" upload "$profile" s3://bench/ \
+  --endpoint "http://127.0.0.1:$mport" --unverified
+run "curl PUT of the same raw image (one request)" "$raw_mib" \
+  curl -fsS -X PUT -T "$raw" "http://127.0.0.1:$mport/bench/curl.raw" -o /dev/null

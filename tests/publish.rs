@@ -4,64 +4,21 @@
 
 mod common;
 
-use common::{Relay, free_port};
+use common::{Relay, Server, stdout_ok};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 
 use imagebuild::profile::Arch;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Debian's docker-registry on a loopback port, stopped when dropped.
-struct Registry {
-    state: PathBuf,
-    port: u16,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let port = free_port();
-        let out = Command::new("bash")
-            .arg(repo().join("scripts/test-registry.sh"))
-            .args(["start", &port.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let state = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .into();
-        Registry { state, port }
-    }
-
-    /// The file holding blob `digest` in the registry's storage.
-    fn blob_file(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        self.state
-            .join("storage/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("scripts/test-registry.sh"))
-            .arg("stop")
-            .arg(&self.state)
-            .status();
-    }
+/// The file holding blob `digest` in the storage of the registry `reg`.
+fn blob_file(reg: &Server, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    reg.state
+        .join("storage/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data")
 }
 
 /// A project with profile `t` on the synthetic base: a release in out/ with its raw.zst.
@@ -98,31 +55,14 @@ fn project() -> tempfile::TempDir {
 }
 
 fn imagebuild(project: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imagebuild"))
-        .arg("-C")
-        .arg(project)
-        .arg("--cache-dir")
-        .arg(project.join("cache"))
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn stdout_ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "imagebuild failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::imagebuild(project, args, &[])
 }
 
 #[test]
 fn push_resumes_after_a_cut_and_pull_gives_the_same_image() {
     let p = project();
     let root = p.path();
-    let reg = Registry::start();
+    let reg = Server::start("scripts/test-registry.sh");
     let relay = Relay::start(reg.port);
     let to = format!("oci://127.0.0.1:{}/os/t", relay.port);
     let push = |args: &[&str]| {
@@ -240,7 +180,7 @@ fn push_resumes_after_a_cut_and_pull_gives_the_same_image() {
         .as_str()
         .unwrap()
         .to_string();
-    let file = reg.blob_file(&part);
+    let file = blob_file(&reg, &part);
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[1000] ^= 0x55;
     std::fs::write(&file, bytes).unwrap();

@@ -4,78 +4,23 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 
-use common::{Relay, free_port};
+use common::{Relay, Server, stdout_ok};
 use imagebuild::profile::Arch;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// moto's server on a loopback port, stopped when dropped.
-struct Moto {
-    state: String,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let port = free_port();
-        let out = Command::new("bash")
-            .arg(repo().join("scripts/test-moto.sh"))
-            .args(["start", &port.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let state = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .into();
-        Moto { state, port }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("scripts/test-moto.sh"))
-            .args(["stop", &self.state])
-            .status();
-    }
-}
+const ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "imagebuild-test"),
+    ("AWS_SECRET_ACCESS_KEY", "imagebuild-test"),
+    ("AWS_REGION", "eu-central-1"),
+    // No ~/.aws of the machine's.
+    ("HOME", "/nonexistent"),
+];
 
 fn imagebuild(project: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imagebuild"))
-        .arg("-C")
-        .arg(project)
-        .arg("--cache-dir")
-        .arg(project.join("cache"))
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "imagebuild-test")
-        .env("AWS_SECRET_ACCESS_KEY", "imagebuild-test")
-        .env("AWS_REGION", "eu-central-1")
-        .env("HOME", project)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn stdout_ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "imagebuild failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::imagebuild(project, args, ENV)
 }
 
 #[test]
@@ -99,7 +44,7 @@ fn upload_resumes_after_a_cut_and_sends_nothing_twice() {
     let len = std::fs::metadata(&raw).unwrap().len();
     let sha = imagebuild::cache::sha256_file(&raw).unwrap();
 
-    let moto = Moto::start();
+    let moto = Server::start("scripts/test-moto.sh");
     let made = Command::new("curl")
         .args([
             "-fsS",

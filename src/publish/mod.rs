@@ -84,3 +84,14 @@ impl ReleaseFiles {
         Ok(made)
     }
 }
+
+/// The first 4 KiB of a service's answer, as text, for an error message.
+fn answer_text(resp: &mut ureq::http::Response<ureq::Body>) -> String {
+    resp.body_mut()
+        .with_config()
+        .limit(4096)
+        .read_to_string()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}

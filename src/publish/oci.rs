@@ -684,10 +684,10 @@ impl Client {
         let mut url = format!(
             "{realm}{}scope={}",
             if realm.contains('?') { '&' } else { '?' },
-            encode(&scope)
+            crate::stack::registry::encode(&scope)
         );
         if let Some(s) = params.get("service") {
-            url.push_str(&format!("&service={}", encode(s)));
+            url.push_str(&format!("&service={}", crate::stack::registry::encode(s)));
         }
         let mut req = self.agent.get(&url);
         if let Some(b) = &self.basic {
@@ -897,12 +897,7 @@ impl Client {
         s: StatusCode,
         mut resp: Response<ureq::Body>,
     ) -> anyhow::Error {
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(4096)
-            .read_to_string()
-            .unwrap_or_default();
+        let body = super::answer_text(&mut resp);
         UserError::new(
             Kind::Tool,
             format!(
@@ -948,18 +943,6 @@ fn path_of(url: &str) -> &str {
 fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
         .collect()
 }
 

@@ -319,12 +319,7 @@ impl Session {
     }
 
     fn fail(&self, stage: &str, mut resp: ureq::http::Response<ureq::Body>) -> anyhow::Error {
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(4096)
-            .read_to_string()
-            .unwrap_or_default();
+        let body = super::answer_text(&mut resp);
         UserError::new(
             Kind::Tool,
             format!(

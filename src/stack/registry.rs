@@ -224,7 +224,7 @@ pub fn parse_challenge(h: &str) -> Option<HashMap<String, String>> {
 }
 
 /// Percent-encodes a query value.
-fn encode(s: &str) -> String {
+pub fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

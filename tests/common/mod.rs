@@ -3,6 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
@@ -84,4 +86,81 @@ fn pipe(
         let _ = from.shutdown(std::net::Shutdown::Both);
         let _ = to.shutdown(std::net::Shutdown::Both);
     });
+}
+
+/// A server a script of the project starts on a free loopback port (`SCRIPT start PORT`
+/// prints its state directory) and stops when dropped (`SCRIPT stop DIR`):
+/// scripts/test-registry.sh, scripts/test-moto.sh.
+pub struct Server {
+    script: PathBuf,
+    pub state: PathBuf,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn start(script: &str) -> Server {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script);
+        let port = free_port();
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["start", &port.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let state = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .into();
+        Server {
+            script,
+            state,
+            port,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(&self.script)
+            .arg("stop")
+            .arg(&self.state)
+            .status();
+    }
+}
+
+/// imagebuild in `project` with its own cache, no standard input, these environment
+/// variables set.
+pub fn imagebuild(
+    project: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagebuild"));
+    cmd.arg("-C")
+        .arg(project)
+        .arg("--cache-dir")
+        .arg(project.join("cache"))
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// Its standard output; the test fails with its standard error when it failed.
+pub fn stdout_ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "imagebuild failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -884,6 +884,7 @@ mod tests {
         let disk = d.path().join("esp.img");
         let f = File::options()
             .create(true)
+            .truncate(true)
             .read(true)
             .write(true)
             .open(&disk)

@@ -232,6 +232,10 @@ pub enum Command {
         /// Push a release that has not passed a boot test.
         #[arg(long)]
         unverified: bool,
+        /// Also move the tag `latest-verified` to this release (it must have passed a
+        /// boot test).
+        #[arg(long)]
+        latest_verified: bool,
         #[arg(long)]
         json: bool,
     },
@@ -533,9 +537,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             layer_size,
             chunk_size,
             unverified,
+            latest_verified,
             json,
         } => {
-            let opts = oci_options(cli, registry, *layer_size, *chunk_size);
+            let mut opts = oci_options(cli, registry, *layer_size, *chunk_size);
+            opts.latest_verified = *latest_verified;
             cmd_push(cli, &project, release, to, &opts, *unverified, *json)
         }
         Command::Pull {
@@ -601,6 +607,7 @@ fn oci_options(
         layer_size: layer_size.0,
         chunk_size: chunk_size.0,
         state_dir: cache(cli).root().join("oci-uploads"),
+        latest_verified: false,
     }
 }
 

@@ -191,7 +191,11 @@ fn build_verify_and_check(profile: &str, arch_root_type: &str) {
     // Through a registry and back: push, then pull by digest into an empty out/ and cache.
     let reg = Registry::start(free_port());
     let to = format!("oci://127.0.0.1:{}/os/{profile}", reg.port);
-    let pushed = ok(&imagebuild(&repo(), out.path(), &["push", profile, &to]));
+    let pushed = ok(&imagebuild(
+        &repo(),
+        out.path(),
+        &["push", profile, &to, "--latest-verified"],
+    ));
     let digest = pushed.split_whitespace().next().unwrap().to_string();
     let there = tempfile::tempdir_in(repo().join("target")).unwrap();
     let pulled = ok(&imagebuild(
@@ -200,6 +204,13 @@ fn build_verify_and_check(profile: &str, arch_root_type: &str) {
         &["pull", &format!("{to}@{digest}")],
     ));
     assert!(pulled.starts_with(&sha256(&image)), "{pulled}");
+    // The tag latest-verified names the same release.
+    let again = ok(&imagebuild(
+        there.path(),
+        &there.path().join("out"),
+        &["pull", &format!("{to}:latest-verified")],
+    ));
+    assert!(again.starts_with(&sha256(&image)), "{again}");
     drop(reg);
 
     if profile != "prod-amd64" {

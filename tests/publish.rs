@@ -124,6 +124,14 @@ fn push_resumes_after_a_cut_and_pull_gives_the_same_image() {
     let again: serde_json::Value = serde_json::from_str(&stdout_ok(&push(&[]))).unwrap();
     assert_eq!(again["sent"], 0, "{again}");
     assert_eq!(again["digest"].as_str(), Some(digest.as_str()));
+    // latest-verified moves only to a release that passed a boot test.
+    let refused = push(&["--latest-verified"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("t@1.0 has not passed a boot test: the tag latest-verified"),
+        "{err}"
+    );
     let record = std::fs::read_to_string(root.join("out/t/releases.json")).unwrap();
     assert!(
         record.contains("\"how\": \"pushed\"") && record.contains(&digest),

@@ -126,6 +126,9 @@ pub struct Options {
     pub chunk_size: u64,
     /// Where upload URLs are kept between runs.
     pub state_dir: PathBuf,
+    /// Also move the tag `latest-verified` to the pushed release (push only; a release
+    /// that has not passed a boot test is refused).
+    pub latest_verified: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -237,6 +240,9 @@ pub fn push(
     let body = serde_json::to_vec(&manifest)?;
     let digest = sha256_digest(&body);
     client.put_manifest(&tag, &body)?;
+    if opts.latest_verified {
+        client.put_manifest("latest-verified", &body)?;
+    }
     pushed.reference = Reference {
         tag: Some(tag),
         ..to.clone()

@@ -191,6 +191,13 @@ pub fn push(
         ))
         .into());
     }
+    if opts.latest_verified && !files.record.verified {
+        return Err(UserError::invalid(format!(
+            "{}@{} has not passed a boot test: the tag latest-verified stays where it is",
+            files.profile, files.record.version
+        ))
+        .into());
+    }
     let tag = to
         .tag
         .clone()

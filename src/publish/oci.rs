@@ -557,14 +557,8 @@ fn digest_range(p: &Path, offset: u64, len: u64) -> Result<String> {
     let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    let mut pos = offset;
-    while pos < offset + len {
-        // OK to cast: at most buf.len().
-        let k = (offset + len - pos).min(buf.len() as u64) as usize;
-        f.read_exact_at(&mut buf[..k], pos)?;
-        h.update(&buf[..k]);
-        pos += k as u64;
-    }
+    crate::sparse::hash_range(&f, &mut h, offset..offset + len, &mut buf)
+        .with_context(|| format!("hashing {}", p.display()))?;
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
 

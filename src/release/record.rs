@@ -248,29 +248,31 @@ impl Locked {
     /// Adds `remote` to the record of `version` whose image is `sha256` (once: the same
     /// location and id again only updates the time).
     pub fn add_remote(&self, version: &str, sha256: &str, remote: Remote) -> Result<()> {
-        let mut all = self.read()?;
-        let rec = all
-            .releases
-            .iter_mut()
-            .find(|r| r.version == version && r.image_sha256 == sha256)
-            .with_context(|| format!("{} {version} has no record", self.profile))?;
-        rec.remotes.retain(|r| {
-            !(r.how == remote.how && r.location == remote.location && r.id == remote.id)
-        });
-        rec.remotes.push(remote);
-        self.write(&mut all)
+        self.update(version, sha256, |rec| {
+            rec.remotes.retain(|r| {
+                !(r.how == remote.how && r.location == remote.location && r.id == remote.id)
+            });
+            rec.remotes.push(remote);
+        })
     }
 
     /// Adds a passed boot test to the record of `version` whose image is `sha256`.
     pub fn add_verification(&self, version: &str, sha256: &str, v: Verification) -> Result<()> {
+        self.update(version, sha256, |rec| {
+            rec.verified = true;
+            rec.verifications.push(v);
+        })
+    }
+
+    /// Changes the record of `version` whose image is `sha256` and writes the file.
+    fn update(&self, version: &str, sha256: &str, change: impl FnOnce(&mut Release)) -> Result<()> {
         let mut all = self.read()?;
         let rec = all
             .releases
             .iter_mut()
             .find(|r| r.version == version && r.image_sha256 == sha256)
             .with_context(|| format!("{} {version} has no record", self.profile))?;
-        rec.verified = true;
-        rec.verifications.push(v);
+        change(rec);
         self.write(&mut all)
     }
 
